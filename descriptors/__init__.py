@@ -1,0 +1,1 @@
+"""Model descriptors: logit footprints and perplexity fingerprints."""

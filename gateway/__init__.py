@@ -1,0 +1,1 @@
+"""The HTTP gateway: OpenAI wire format, auth, budgets, forwarding, config, stores."""

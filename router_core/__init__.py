@@ -1,0 +1,1 @@
+"""Routing science: encoder, loss, training, index, routing rule, evaluation. No HTTP, no Redis."""
