@@ -1,0 +1,38 @@
+"""The ``cscr`` command. Each subcommand lives in its own module and is imported only when used."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, one-line help). Each module exposes ``main(argv: list[str]) -> int``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("gateway.serve", "run the gateway (Starlette + uvicorn)"),
+    "upstream": ("gateway.upstream", "run the local OpenAI-compatible replay upstream"),
+    "train": ("router_core.train", "train a CSCR router and write an artifact"),
+    "eval": ("router_core.evaluate", "deferral curves, AUDC tables and plots against baselines"),
+    "bench-routing": ("router_core.bench", "time one routing decision (embed + search + rule)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: cscr <command> [options]", "", "commands:"]
+    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    entry = COMMANDS.get(args[0])
+    if entry is None:
+        print(f"cscr: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(entry[0])
+    return int(module.main(args[1:]) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
