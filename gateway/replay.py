@@ -1,0 +1,210 @@
+"""RouterBench replay data for the local upstream: recorded answers, their prices, token counts.
+
+The recorded ``<model>|total_cost`` of every row is exactly
+``(prompt_tokens * in_price + completion_tokens * out_price) / 1e6`` with tiktoken ``cl100k_base``
+counts of ``prompt_text`` and of the recorded answer (the string inside the stored list repr
+``"['A']"``) and the models' list prices below: the residual is float rounding (< 3e-16 relative)
+on all 3,178 × 11 cells. So a replayed answer's usage, billed at ``REPLAY_PRICES``, reproduces the
+recorded cost.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import hashlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tiktoken
+
+logger = logging.getLogger(__name__)
+
+# USD per 1M (input, output) tokens: provider list prices at RouterBench's recording time (open
+# models at Together's serverless price). A non-negative least-squares fit on the data recovers them
+# exactly; see the module docstring.
+REPLAY_PRICES: dict[str, tuple[float, float]] = {
+    "WizardLM/WizardLM-13B-V1.2": (0.3, 0.3),
+    "claude-instant-v1": (0.8, 2.4),
+    "claude-v1": (8.0, 24.0),
+    "claude-v2": (8.0, 24.0),
+    "gpt-3.5-turbo-1106": (1.0, 2.0),
+    "gpt-4-1106-preview": (10.0, 30.0),
+    "meta/code-llama-instruct-34b-chat": (0.776, 0.776),
+    "meta/llama-2-70b-chat": (0.9, 0.9),
+    "mistralai/mistral-7b-chat": (0.2, 0.2),
+    "mistralai/mixtral-8x7b-chat": (0.6, 0.6),
+    "zero-one-ai/Yi-34B-Chat": (0.8, 0.8),
+}
+REPLAY_MODELS: tuple[str, ...] = tuple(REPLAY_PRICES)
+
+SYNTHETIC_TAG = "[synthetic reply from replay upstream: {reason}]"
+
+_CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+_CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
+_CL100K_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+_CL100K_SPECIAL = {
+    "<|endoftext|>": 100257,
+    "<|fim_prefix|>": 100258,
+    "<|fim_middle|>": 100259,
+    "<|fim_suffix|>": 100260,
+    "<|endofprompt|>": 100276,
+}
+_SYNTHETIC_WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar "
+    "papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
+).split()
+
+
+def _bundled_cl100k() -> Path | None:
+    """litellm ships tiktoken's cl100k file under its cache name (sha1 of the URL); find it
+    without importing litellm (several seconds)."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    name = hashlib.sha1(_CL100K_URL.encode()).hexdigest()
+    path = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers" / name
+    return path if path.is_file() else None
+
+
+def load_cl100k() -> tiktoken.Encoding:
+    """tiktoken's ``cl100k_base`` without the network: built from litellm's bundled BPE file when it
+    is there and its hash matches, else ``tiktoken.get_encoding`` (its cache, then a download).
+    Builds the encoding directly rather than setting ``TIKTOKEN_CACHE_DIR`` for the whole process."""
+    path = _bundled_cl100k()
+    if path is not None:
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() == _CL100K_SHA256:
+            ranks = {base64.b64decode(tok): int(rank) for tok, rank in (ln.split() for ln in data.splitlines() if ln)}
+            return tiktoken.Encoding(
+                name="cl100k_base", pat_str=_CL100K_PATTERN, mergeable_ranks=ranks, special_tokens=_CL100K_SPECIAL
+            )
+        logger.warning("bundled cl100k file %s has the wrong hash; falling back to tiktoken", path)
+    return tiktoken.get_encoding("cl100k_base")
+
+
+def normalise_prompt(text: str) -> str:
+    """The lookup key of a prompt: the text with surrounding whitespace stripped."""
+    return text.strip()
+
+
+def model_candidates(model: str) -> list[str]:
+    """``model`` then the same name with leading ``provider/`` segments stripped one at a time, so
+    ``openai/gpt-4-1106-preview`` and ``together_ai/meta/llama-2-70b-chat`` find their columns."""
+    parts = model.split("/")
+    return ["/".join(parts[i:]) for i in range(len(parts))]
+
+
+def resolve_model(model: str) -> str | None:
+    """The RouterBench column a request's model name selects, or None."""
+    return next((m for m in model_candidates(model) if m in REPLAY_PRICES), None)
+
+
+def recorded_completion_tokens(cost: float, prompt_tokens: int, prices: tuple[float, float]) -> int:
+    """Completion tokens that make ``prompt_tokens`` and the result, billed at ``prices``, cost ``cost``."""
+    in_price, out_price = prices
+    if out_price <= 0:
+        return 1
+    return max(1, round((cost * 1e6 - prompt_tokens * in_price) / out_price))
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One recorded RouterBench answer."""
+
+    sample_id: str
+    model: str
+    content: str
+    cost_usd: float
+    prompt_tokens: int  # tokens of the recorded prompt_text, as billed
+    completion_tokens: int  # derived from the recorded cost, equal to the answer's token count
+
+
+class ReplayTable:
+    """Recorded answers keyed by normalised prompt text. Answers are parsed on lookup."""
+
+    def __init__(
+        self,
+        rows: dict[str, int],
+        sample_ids: list[str],
+        columns: dict[str, tuple[list[str], list[float]]],
+        encoding: tiktoken.Encoding,
+    ) -> None:
+        self._rows = rows
+        self._sample_ids = sample_ids
+        self._columns = columns  # model -> (raw responses, costs)
+        self.encoding = encoding
+
+    @classmethod
+    def load(cls, parquet: Path, encoding: tiktoken.Encoding | None = None) -> ReplayTable:
+        """Read the RouterBench subset parquet (``<data>/routerbench_subset/routerbench_subset.parquet``)."""
+        import pandas as pd
+
+        names = ["sample_id", "prompt_text"]
+        for m in REPLAY_MODELS:
+            names += [f"{m}|model_response", f"{m}|total_cost"]
+        frame = pd.read_parquet(parquet, columns=names)
+        rows: dict[str, int] = {}
+        for i, text in enumerate(frame["prompt_text"].tolist()):
+            rows.setdefault(normalise_prompt(text), i)  # two prompts repeat; the first row wins
+        columns = {
+            m: (frame[f"{m}|model_response"].tolist(), [float(c) for c in frame[f"{m}|total_cost"]])
+            for m in REPLAY_MODELS
+        }
+        logger.info("replay: %d prompts x %d models from %s", len(rows), len(columns), parquet)
+        return cls(rows, [str(s) for s in frame["sample_id"]], columns, encoding or load_cl100k())
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def prompts(self) -> list[str]:
+        """Every lookup key (normalised prompt text), in row order."""
+        return list(self._rows)
+
+    def count(self, text: str) -> int:
+        return len(self.encoding.encode(text, disallowed_special=()))
+
+    def lookup(self, prompt: str, model: str) -> Recorded | None:
+        """The recorded answer of column ``model`` (exact column name) to ``prompt``, or None."""
+        key = normalise_prompt(prompt)
+        row = self._rows.get(key)
+        if row is None or model not in self._columns:
+            return None
+        responses, costs = self._columns[model]
+        content = _parse_response(responses[row])
+        prompt_tokens = self.count(key)
+        cost = costs[row]
+        return Recorded(
+            sample_id=self._sample_ids[row],
+            model=model,
+            content=content,
+            cost_usd=cost,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=recorded_completion_tokens(cost, prompt_tokens, REPLAY_PRICES[model]),
+        )
+
+
+def _parse_response(raw: Any) -> str:
+    """RouterBench stores each answer as the repr of a one-element list: ``"['A']"``."""
+    text = str(raw)
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+        if isinstance(value, list):
+            return "".join(str(v) for v in value)
+    return text
+
+
+def synthetic_content(prompt: str, model: str, reason: str) -> str:
+    """A clearly labelled, deterministic stand-in answer (same prompt and model, same text)."""
+    digest = hashlib.sha256(f"{model}\n{prompt}".encode()).digest()
+    words = " ".join(_SYNTHETIC_WORDS[b % len(_SYNTHETIC_WORDS)] for b in digest[:12])
+    return f"{SYNTHETIC_TAG.format(reason=reason)} {model} says: {words}."
