@@ -1,0 +1,142 @@
+"""The Starlette application: routes, lifespan, and the one place errors become OpenAI JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+from gateway.forward import Forwarder
+from gateway.metrics import Metrics
+from gateway.policy import auto_model_names
+from gateway.proxy import GatewayState, handle_chat
+from gateway.store import open_store
+from router_core.types import CostOnlyPolicy, RoutingPolicy
+
+log = logging.getLogger(__name__)
+
+
+def load_policy(config: GatewayConfig) -> tuple[RoutingPolicy, str | None]:
+    """The router ``auto`` uses. If the configured artifact cannot be loaded the gateway still
+    serves, with the cost-only policy, and says why on /ready and in the log (documented)."""
+    artifact = config.router.artifact
+    if artifact == "none":
+        return CostOnlyPolicy(), None
+    try:
+        from router_core.router import load_router
+
+        path = None if artifact == "bundled" else Path(artifact)
+        return load_router(path, top_k=config.router.top_k), None
+    except Exception as exc:  # any failure to load degrades to cost-only, loudly
+        problem = f"router artifact {artifact!r} not loaded ({type(exc).__name__}: {exc}); using cost-only"
+        log.error(problem)
+        return CostOnlyPolicy(), problem
+
+
+def _error_response(err: GatewayError, state: GatewayState | None) -> JSONResponse:
+    if state is not None:
+        state.metrics.errors.labels(err.code or err.type).inc()
+        state.metrics.requests.labels(str(err.status), "false").inc()
+    return JSONResponse(err.to_dict(), status_code=err.status)
+
+
+def create_app(config: GatewayConfig, router: RoutingPolicy | None = None) -> Starlette:
+    """Build the gateway. ``router`` overrides the one named in the config (tests, benchmarks)."""
+    holder: dict[str, GatewayState] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        policy, problem = (router, None) if router is not None else load_policy(config)
+        state = GatewayState(config, Forwarder(), policy, open_store(config.store), Metrics(), problem)
+        holder["state"] = state
+        app.state.gateway = state
+        log.info("gateway ready: %d providers, router %s, store %s", len(config.providers), policy.name,
+                 config.store)
+        try:
+            yield
+        finally:
+            await state.forwarder.aclose()
+            await state.store.aclose()
+
+    def state_of(request: Request) -> GatewayState:
+        state: GatewayState = request.app.state.gateway
+        return state
+
+    async def chat(request: Request) -> Response:
+        state = state_of(request)
+        try:
+            return await handle_chat(state, request)
+        except GatewayError as err:
+            return _error_response(err, state)
+
+    async def models(request: Request) -> Response:
+        cfg = state_of(request).config
+        created = int(time.time())
+        data = [{"id": m, "object": "model", "created": created, "owned_by": "cscr-gateway"}
+                for m in auto_model_names()]
+        data += [{"id": p.name, "object": "model", "created": created, "owned_by": p.model.split("/")[0]}
+                 for p in cfg.providers]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        state = state_of(request)
+        checks: dict[str, Any] = {
+            "config": {"ok": True, "source": state.config.source, "providers": len(state.config.providers)},
+            "router": {"ok": state.router_problem is None, "policy": state.router.name,
+                       "problem": state.router_problem},
+        }
+        try:
+            await state.store.ping()
+            checks["store"] = {"ok": True, "url": state.store.url.split("@")[-1]}
+        except Exception as exc:  # report, don't crash: /ready exists to say what is wrong
+            checks["store"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        # A router that fell back to cost-only still serves traffic: it is reported, not fatal.
+        ok = checks["store"]["ok"] and bool(state.config.providers)
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(state_of(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(
+            {"error": {"message": f"{request.method} {request.url.path}: {exc.detail}",
+                       "type": "invalid_request_error", "param": None, "code": kind}},
+            status_code=exc.status_code,
+        )
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(
+            {"error": {"message": "internal error in the gateway", "type": "server_error", "param": None,
+                       "code": None}},
+            status_code=500,
+        )
+
+    routes = [
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/chat/completions", chat, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes, lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: unexpected},
+    )

@@ -1,0 +1,289 @@
+"""``gateway.yaml`` parsed once into frozen, typed objects.
+
+Unknown keys, wrong types and missing environment variables are errors that name the file and the
+field. Secrets appear only as the NAME of an environment variable (provider keys) or as a sha256
+hash (virtual keys); the values are read when the config is loaded and never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from gateway.errors import ConfigError
+
+Transport = Literal["auto", "openai", "litellm"]
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$")
+RESERVED_MODELS = ("auto",)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    max_body_bytes: int = 1_048_576
+    max_attempts: int = 3  # providers tried per request, fallbacks included
+    deadline_s: float = 120.0  # overall time for one request, fallbacks included
+    estimate_output_tokens: int = 512  # output bound for cost estimates when max_tokens is absent
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    artifact: str = "bundled"  # "bundled", a path to an artifact directory, or "none" (cost-only)
+    default_tradeoff: float = 0.5  # 0 = best quality, 1 = cheapest
+    top_k: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    model: str  # litellm model string, e.g. "openai/gpt-4o-mini"
+    api_base: str | None = None
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # resolved from api_key_env at load time
+    input_usd_per_mtok: float = 0.0
+    output_usd_per_mtok: float = 0.0
+    timeout_s: float = 60.0
+    expert: str | None = None  # expert key name in the router artifact
+    transport: Transport = "auto"
+
+    @property
+    def upstream_model(self) -> str:
+        """The model name the provider itself expects (litellm's provider prefix removed)."""
+        return self.model.split("/", 1)[1] if self.model.startswith("openai/") else self.model
+
+    @property
+    def direct(self) -> bool:
+        """True when the provider speaks OpenAI's protocol and the lean httpx path serves it."""
+        if self.transport == "auto":
+            return self.model.startswith("openai/") and self.api_base is not None
+        return self.transport == "openai"
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_usd_per_mtok + completion_tokens * self.output_usd_per_mtok) / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConfig:
+    name: str
+    secret_sha256: str = field(repr=False)
+    budget_usd: float | None = None  # lifetime budget in this process's store; None = unlimited
+    max_cost_per_request_usd: float | None = None
+    allowed_providers: tuple[str, ...] | None = None  # None = all
+    tradeoff: float | None = None  # default trade-off for this key (else the router's)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    source: str
+    store: str = "memory://"
+    server: ServerConfig = ServerConfig()
+    router: RouterConfig = RouterConfig()
+    providers: tuple[ProviderConfig, ...] = ()
+    keys: tuple[KeyConfig, ...] = ()
+
+    def provider(self, name: str) -> ProviderConfig | None:
+        for p in self.providers:
+            if p.name == name:
+                return p
+        return None
+
+    def key_by_secret(self, secret: str) -> KeyConfig | None:
+        digest = hash_secret(secret)
+        for k in self.keys:
+            if k.secret_sha256 == digest:
+                return k
+        return None
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class _Reader:
+    """Reads one mapping, remembering the path for error messages; unknown keys are errors."""
+
+    def __init__(self, file: str, path: str, raw: Any) -> None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(file, path or "<root>", f"expected a mapping, got {type(raw).__name__}")
+        self.file, self.path, self.raw = file, path, raw
+        self.seen: set[str] = set()
+
+    def _field(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+        self.seen.add(key)
+        if key not in self.raw or self.raw[key] is None:
+            if required:
+                raise ConfigError(self.file, self._field(key), "is required")
+            return default
+        value = self.raw[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = "/".join(k.__name__ for k in kinds)
+            raise ConfigError(self.file, self._field(key), f"expected {names}, got {type(value).__name__}")
+        return value
+
+    def number(self, key: str, default: float | None, *, lo: float | None = None, hi: float | None = None) -> Any:
+        value = self.get(key, float, default)
+        if value is not None and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+            raise ConfigError(self.file, self._field(key), f"{value} is outside [{lo}, {hi}]")
+        return value
+
+    def sub(self, key: str) -> _Reader | None:
+        self.seen.add(key)
+        if key not in self.raw or self.raw[key] is None:
+            return None
+        return _Reader(self.file, self._field(key), self.raw[key])
+
+    def done(self) -> None:
+        unknown = sorted(set(self.raw) - self.seen)
+        if unknown:
+            raise ConfigError(self.file, self._field(str(unknown[0])), "unknown key")
+
+
+def _server(r: _Reader | None) -> ServerConfig:
+    if r is None:
+        return ServerConfig()
+    d = ServerConfig()
+    cfg = ServerConfig(
+        max_body_bytes=r.get("max_body_bytes", int, d.max_body_bytes),
+        max_attempts=r.get("max_attempts", int, d.max_attempts),
+        deadline_s=r.number("deadline_s", d.deadline_s, lo=0.001),
+        estimate_output_tokens=r.get("estimate_output_tokens", int, d.estimate_output_tokens),
+    )
+    for name in ("max_body_bytes", "max_attempts", "estimate_output_tokens"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(r.file, r._field(name), "must be >= 1")
+    r.done()
+    return cfg
+
+
+def _router(r: _Reader | None) -> RouterConfig:
+    if r is None:
+        return RouterConfig()
+    d = RouterConfig()
+    cfg = RouterConfig(
+        artifact=r.get("artifact", str, d.artifact),
+        default_tradeoff=r.number("default_tradeoff", d.default_tradeoff, lo=0.0, hi=1.0),
+        top_k=r.get("top_k", int, d.top_k),
+    )
+    r.done()
+    return cfg
+
+
+def _provider(r: _Reader, env: Mapping[str, str], litellm_prices: Any) -> ProviderConfig:
+    name = r.get("name", str, required=True)
+    if not _NAME_RE.match(name) or name in RESERVED_MODELS or name.startswith("auto:") or "@" in name:
+        raise ConfigError(r.file, r._field("name"), f"invalid provider name {name!r}")
+    model = r.get("model", str, required=True)
+    key_env = r.get("api_key_env", str)
+    api_key = None
+    if key_env is not None:
+        api_key = env.get(key_env)
+        if not api_key:
+            raise ConfigError(r.file, r._field("api_key_env"), f"environment variable {key_env} is not set")
+    transport = r.get("transport", str, "auto")
+    if transport not in ("auto", "openai", "litellm"):
+        raise ConfigError(r.file, r._field("transport"), "must be auto, openai or litellm")
+    in_price = r.number("input_usd_per_mtok", None, lo=0.0)
+    out_price = r.number("output_usd_per_mtok", None, lo=0.0)
+    if in_price is None or out_price is None:
+        listed = litellm_prices(model)
+        if listed is None:
+            raise ConfigError(
+                r.file, r._field("input_usd_per_mtok"), f"no price given and litellm has none for {model!r}"
+            )
+        in_price = listed[0] if in_price is None else in_price
+        out_price = listed[1] if out_price is None else out_price
+    cfg = ProviderConfig(
+        name=name,
+        model=model,
+        api_base=r.get("api_base", str),
+        api_key_env=key_env,
+        api_key=api_key,
+        input_usd_per_mtok=in_price,
+        output_usd_per_mtok=out_price,
+        timeout_s=r.number("timeout_s", 60.0, lo=0.001),
+        expert=r.get("expert", str),
+        transport=transport,
+    )
+    r.done()
+    return cfg
+
+
+def _key(r: _Reader, providers: set[str]) -> KeyConfig:
+    secret_hash = r.get("secret_sha256", str, required=True).lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", secret_hash):
+        raise ConfigError(r.file, r._field("secret_sha256"), "must be 64 hex digits (sha256 of the secret)")
+    allowed = r.get("allowed_providers", list)
+    if allowed is not None:
+        for i, p in enumerate(allowed):
+            if p not in providers:
+                raise ConfigError(r.file, r._field(f"allowed_providers[{i}]"), f"unknown provider {p!r}")
+    cfg = KeyConfig(
+        name=r.get("name", str, required=True),
+        secret_sha256=secret_hash,
+        budget_usd=r.number("budget_usd", None, lo=0.0),
+        max_cost_per_request_usd=r.number("max_cost_per_request_usd", None, lo=0.0),
+        allowed_providers=tuple(allowed) if allowed is not None else None,
+        tradeoff=r.number("tradeoff", None, lo=0.0, hi=1.0),
+    )
+    r.done()
+    return cfg
+
+
+def litellm_price(model: str) -> tuple[float, float] | None:
+    """USD per million input/output tokens from litellm's bundled price map (never fetched)."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm  # heavy: only when a provider leaves its prices to litellm
+
+    info = litellm.model_cost.get(model) or litellm.model_cost.get(model.split("/", 1)[-1])
+    if not info or info.get("input_cost_per_token") is None:
+        return None
+    return info["input_cost_per_token"] * 1e6, info.get("output_cost_per_token", 0.0) * 1e6
+
+
+def parse_config(raw: Any, source: str = "<memory>", env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Validate an already-parsed YAML document."""
+    env = os.environ if env is None else env
+    root = _Reader(source, "", raw if raw is not None else {})
+    store = root.get("store", str, "memory://")
+    if not store.startswith(("memory://", "redis://", "rediss://")):
+        raise ConfigError(source, "store", "must start with memory:// or redis://")
+    server = _server(root.sub("server"))
+    router = _router(root.sub("router"))
+    providers: list[ProviderConfig] = []
+    for i, item in enumerate(root.get("providers", list, [])):
+        p = _provider(_Reader(source, f"providers[{i}]", item), env, litellm_price)
+        if any(q.name == p.name for q in providers):
+            raise ConfigError(source, f"providers[{i}].name", f"duplicate provider {p.name!r}")
+        providers.append(p)
+    names = {p.name for p in providers}
+    keys = [_key(_Reader(source, f"keys[{i}]", item), names) for i, item in enumerate(root.get("keys", list, []))]
+    root.done()
+    return GatewayConfig(
+        source=source, store=store, server=server, router=router, providers=tuple(providers), keys=tuple(keys)
+    )
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read and validate ``gateway.yaml``; raises ConfigError naming the file and field."""
+    file = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(file, "<file>", f"cannot read: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(file, "<yaml>", str(exc).replace("\n", " ")) from exc
+    return parse_config(raw, file, env)

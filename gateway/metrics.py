@@ -1,0 +1,39 @@
+"""Prometheus metrics, one registry per app (no process-global collectors)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("cscr_requests", "Chat requests by outcome", ["status", "stream"], registry=r)
+        self.latency = Histogram(
+            "cscr_request_seconds", "Whole request, as the client sees it (streams: to the first chunk)",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.overhead = Histogram(
+            "cscr_gateway_seconds", "Time spent in the gateway itself (request minus upstream)",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.routing = Histogram(
+            "cscr_routing_seconds", "Routing decision time", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.upstream = Histogram(
+            "cscr_upstream_seconds", "Provider call time", ["provider"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.errors = Counter("cscr_errors", "Errors by kind", ["kind"], registry=r)
+        self.tokens = Counter("cscr_tokens", "Tokens by provider and direction", ["provider", "direction"],
+                              registry=r)
+        self.spend = Counter("cscr_spend_usd", "Actual spend in USD by provider", ["provider"], registry=r)
+        self.decisions = Counter("cscr_decisions", "Routing decisions (first choice)", ["provider", "policy"],
+                                 registry=r)
+        self.fallbacks = Counter("cscr_fallbacks", "Provider attempts that failed and fell back", ["provider"],
+                                 registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,122 @@
+"""Per-request policy: what the ``model`` field asks for, what the headers and the key allow, and
+which providers fit. Pure functions of the config, the request and the key; no I/O.
+
+``model`` values:
+- a provider name from gateway.yaml: that provider only, no routing (same budget rules);
+- ``auto``: routed with the key's trade-off (else the router's default);
+- ``auto:best`` (trade-off 0), ``auto:balanced`` (0.5), ``auto:cheap`` (1);
+- ``auto@T`` with T in [0, 1]: an explicit trade-off (0 = best quality, 1 = cheapest).
+
+Request headers (they may only tighten what the key allows):
+- ``x-cscr-max-cost-usd``: the most this one request may cost (estimated before the call);
+- ``x-cscr-tradeoff``: the trade-off in [0, 1]; it overrides the default but may not go below the
+  key's own trade-off when the key sets one (a key pinned to cheap routing cannot be made expensive).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.config import GatewayConfig, KeyConfig, ProviderConfig
+from gateway.errors import BudgetExceeded, InvalidRequest, ModelNotFound, PermissionDenied
+
+AUTO_PRESETS = {"auto:best": 0.0, "auto:balanced": 0.5, "auto:cheap": 1.0}
+MAX_COST_HEADER = "x-cscr-max-cost-usd"
+TRADEOFF_HEADER = "x-cscr-tradeoff"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    routed: bool
+    tradeoff: float
+    providers: tuple[ProviderConfig, ...]
+
+
+def auto_model_names() -> list[str]:
+    return ["auto", *AUTO_PRESETS]
+
+
+def _header_float(headers: Mapping[str, str], name: str, lo: float, hi: float) -> float | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise InvalidRequest(f"header {name} must be a number in [{lo}, {hi}], got {raw!r}", param=name,
+                             code="invalid_header")
+    return value
+
+
+def resolve_target(
+    config: GatewayConfig, model: str, key: KeyConfig | None, headers: Mapping[str, str]
+) -> Target:
+    """Which providers may serve this request and with what trade-off."""
+    header_tradeoff = _header_float(headers, TRADEOFF_HEADER, 0.0, 1.0)
+    floor = key.tradeoff if key is not None and key.tradeoff is not None else 0.0
+    default = key.tradeoff if key is not None and key.tradeoff is not None else config.router.default_tradeoff
+    allowed = [
+        p for p in config.providers
+        if key is None or key.allowed_providers is None or p.name in key.allowed_providers
+    ]
+    if model == "auto" or model in AUTO_PRESETS or model.startswith("auto@"):
+        if model in AUTO_PRESETS:
+            tradeoff = AUTO_PRESETS[model]
+        elif model.startswith("auto@"):
+            try:
+                tradeoff = float(model[5:])
+            except ValueError:
+                tradeoff = math.nan
+            if not 0.0 <= tradeoff <= 1.0:  # also false for NaN
+                raise InvalidRequest(f"model {model!r}: the trade-off after '@' must be in [0, 1]", param="model")
+        else:
+            tradeoff = default
+        if header_tradeoff is not None:
+            tradeoff = header_tradeoff
+        if not allowed:
+            raise PermissionDenied("this key may not use any provider", param="model")
+        return Target(True, max(tradeoff, floor), tuple(allowed))
+    provider = config.provider(model)
+    if provider is None:
+        raise ModelNotFound(
+            f"The model {model!r} does not exist; use 'auto' or one of: "
+            + ", ".join(p.name for p in config.providers),
+            param="model",
+        )
+    if provider not in allowed:
+        raise PermissionDenied(f"this key may not use {model!r}", param="model")
+    return Target(False, max(header_tradeoff or 0.0, floor), (provider,))
+
+
+def cost_cap(key: KeyConfig | None, headers: Mapping[str, str], spent: float) -> float | None:
+    """The most one request may cost: min(header cap, key's per-request cap, key's remaining budget)."""
+    caps = [_header_float(headers, MAX_COST_HEADER, 0.0, math.inf)]
+    if key is not None:
+        caps.append(key.max_cost_per_request_usd)
+        if key.budget_usd is not None:
+            caps.append(max(key.budget_usd - spent, 0.0))
+    present = [c for c in caps if c is not None]
+    return min(present) if present else None
+
+
+def estimate_cost(provider: ProviderConfig, prompt_tokens: int, output_bound: int, n: int) -> float:
+    """Upper estimate before the call: prompt × input price + n × output bound × output price."""
+    return provider.cost(prompt_tokens, output_bound * n)
+
+
+def eligible(
+    providers: tuple[ProviderConfig, ...], estimates: Mapping[str, float], cap: float | None
+) -> list[ProviderConfig]:
+    fits = [p for p in providers if cap is None or estimates[p.name] <= cap]
+    if not fits:
+        cheapest = min(providers, key=lambda p: estimates[p.name])
+        raise BudgetExceeded(
+            f"no provider fits the budget: the cheapest, {cheapest.name!r}, is estimated at "
+            f"${estimates[cheapest.name]:.6f} and this request may cost at most ${cap:.6f}",
+            param="max_tokens",
+        )
+    return fits

@@ -1,0 +1,332 @@
+"""One chat request end to end: authenticate, validate, price, route, reserve, forward with
+fallback, settle. The HTTP layer (``app.py``) only wires this to Starlette."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway.config import GatewayConfig, KeyConfig, ProviderConfig
+from gateway.errors import (
+    AllProvidersFailed,
+    AuthError,
+    BodyTooLarge,
+    BudgetExceeded,
+    DeadlineExceeded,
+    GatewayError,
+    UpstreamError,
+)
+from gateway.forward import Forwarder
+from gateway.metrics import Metrics
+from gateway.policy import cost_cap, eligible, estimate_cost, resolve_target
+from gateway.store import Reservation, Store
+from gateway.tokens import count_messages, count_text
+from gateway.wire import ChatRequest, parse_body, routing_prompt, validate_chat
+from router_core.types import Candidate, RoutingPolicy
+
+log = logging.getLogger(__name__)
+
+RESERVATION_TTL_S = 600.0
+
+
+@dataclass
+class GatewayState:
+    """Everything a request needs, built once in the app's lifespan."""
+
+    config: GatewayConfig
+    forwarder: Forwarder
+    router: RoutingPolicy
+    store: Store
+    metrics: Metrics
+    router_problem: str | None = None  # why the configured router is not in use, if it is not
+
+
+@dataclass
+class Plan:
+    request: ChatRequest
+    key: KeyConfig | None
+    order: list[ProviderConfig]
+    estimates: dict[str, float]
+    prompt_tokens: int
+    policy: str
+    routing_s: float
+    started: float
+    tried: list[str] = field(default_factory=list)
+
+
+def authenticate(config: GatewayConfig, headers: Mapping[str, str]) -> KeyConfig | None:
+    if not config.keys:
+        return None
+    auth = headers.get("authorization", "")
+    scheme, _, secret = auth.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise AuthError("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
+    key = config.key_by_secret(secret.strip())
+    if key is None:
+        raise AuthError("Incorrect API key provided.")  # never echo the secret back
+    return key
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def plan_request(state: GatewayState, request: Request) -> Plan:
+    started = time.perf_counter()
+    config = state.config
+    key = authenticate(config, request.headers)
+    body = parse_body(await read_body(request, config.server.max_body_bytes), config.server.max_body_bytes)
+    chat = validate_chat(body)
+    target = resolve_target(config, chat.model, key, request.headers)
+    prompt_tokens = count_messages(body["messages"])
+    bound = chat.max_output_tokens or config.server.estimate_output_tokens
+    estimates = {p.name: estimate_cost(p, prompt_tokens, bound, chat.n) for p in target.providers}
+    spent = await state.store.spent(key.name) if key is not None and key.budget_usd is not None else 0.0
+    fits = eligible(target.providers, estimates, cost_cap(key, request.headers, spent))
+    routing_s = 0.0
+    policy = "named"
+    if target.routed:
+        t = time.perf_counter()
+        candidates = [Candidate(p.name, p.expert, estimates[p.name]) for p in fits]
+        prompt = routing_prompt(body["messages"])
+        if getattr(state.router, "blocking", False):
+            ranking = await asyncio.to_thread(state.router.rank, prompt, candidates, target.tradeoff)
+        else:
+            ranking = state.router.rank(prompt, candidates, target.tradeoff)
+        routing_s = time.perf_counter() - t
+        by_name = {p.name: p for p in fits}
+        fits = [by_name[n] for n in ranking.names]
+        policy = ranking.policy
+        state.metrics.routing.observe(routing_s)
+        state.metrics.decisions.labels(fits[0].name, policy).inc()
+    return Plan(chat, key, fits[: config.server.max_attempts], estimates, prompt_tokens, policy, routing_s,
+                started)
+
+
+async def _reserve(state: GatewayState, plan: Plan, provider: ProviderConfig) -> Reservation | None:
+    key = plan.key
+    if key is None:
+        return None
+    res = await state.store.reserve(key.name, plan.estimates[provider.name], key.budget_usd, RESERVATION_TTL_S)
+    if res is None:
+        raise BudgetExceeded(
+            f"key {key.name!r} has too little budget left for ${plan.estimates[provider.name]:.6f} "
+            f"(budget ${key.budget_usd})"
+        )
+    return res
+
+
+async def _settle(state: GatewayState, res: Reservation | None, actual: float) -> None:
+    if res is not None:
+        with anyio.CancelScope(shield=True):  # a disconnect must not lose the settlement
+            await state.store.settle(res, actual)
+
+
+def _usage_cost(provider: ProviderConfig, usage: Any) -> tuple[float, int, int] | None:
+    if not isinstance(usage, dict):
+        return None
+    p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not isinstance(p, int) or not isinstance(c, int):
+        return None
+    return provider.cost(p, c), p, c
+
+
+def _headers(state: GatewayState, plan: Plan, provider: ProviderConfig, upstream_s: float) -> dict[str, str]:
+    spent_in_gateway = time.perf_counter() - plan.started - upstream_s
+    state.metrics.overhead.observe(spent_in_gateway)
+    return {
+        "x-cscr-provider": provider.name,
+        "x-cscr-policy": plan.policy,
+        "x-cscr-tried": ",".join(plan.tried),
+        "x-cscr-cost-estimate-usd": f"{plan.estimates[provider.name]:.8f}",
+        "x-cscr-routing-ms": f"{plan.routing_s * 1000:.3f}",
+        "x-cscr-gateway-ms": f"{spent_in_gateway * 1000:.3f}",
+    }
+
+
+def _deadline_left(state: GatewayState, plan: Plan) -> float:
+    left = plan.started + state.config.server.deadline_s - time.perf_counter()
+    if left <= 0:
+        raise DeadlineExceeded(
+            f"deadline of {state.config.server.deadline_s}s passed; tried: {', '.join(plan.tried) or 'none'}"
+        )
+    return left
+
+
+def _record_failure(state: GatewayState, plan: Plan, err: UpstreamError, failures: list[str]) -> None:
+    state.metrics.errors.labels(f"upstream_{err.kind}").inc()
+    state.metrics.fallbacks.labels(err.provider).inc()
+    failures.append(f"{err.provider}: {err.message}")
+    log.warning("provider %s failed (%s); %s", err.provider, err.kind, "falling back" if err.retryable else "")
+
+
+def _all_failed(plan: Plan, failures: list[str]) -> GatewayError:
+    return AllProvidersFailed("every provider failed; tried " + "; ".join(failures))
+
+
+async def complete(state: GatewayState, plan: Plan) -> Response:
+    failures: list[str] = []
+    for provider in plan.order:
+        left = _deadline_left(state, plan)
+        res = await _reserve(state, plan, provider)
+        plan.tried.append(provider.name)
+        t = time.perf_counter()
+        try:
+            transport = state.forwarder.for_provider(provider)
+            payload = await asyncio.wait_for(transport.complete(provider, plan.request.body), left)
+        except UpstreamError as err:
+            await _settle(state, res, 0.0)
+            _record_failure(state, plan, err, failures)
+            if not err.retryable:
+                raise
+            continue
+        except TimeoutError:
+            await _settle(state, res, 0.0)
+            raise DeadlineExceeded(
+                f"deadline of {state.config.server.deadline_s}s passed while waiting for {provider.name!r}; "
+                f"tried: {', '.join(plan.tried)}"
+            ) from None
+        upstream_s = time.perf_counter() - t
+        state.metrics.upstream.labels(provider.name).observe(upstream_s)
+        priced = _usage_cost(provider, payload.get("usage"))
+        actual = priced[0] if priced else plan.estimates[provider.name]  # no usage: bill the estimate
+        await _settle(state, res, actual)
+        _account(state, provider, priced, actual)
+        headers = _headers(state, plan, provider, upstream_s)
+        headers["x-cscr-cost-usd"] = f"{actual:.8f}"
+        if plan.key is not None and plan.key.budget_usd is not None:
+            left_usd = plan.key.budget_usd - await state.store.spent(plan.key.name)
+            headers["x-cscr-budget-remaining-usd"] = f"{left_usd:.8f}"
+        return Response(json.dumps(payload).encode(), 200, headers, media_type="application/json")
+    raise _all_failed(plan, failures)
+
+
+def _account(state: GatewayState, provider: ProviderConfig, priced: tuple[float, int, int] | None,
+             actual: float) -> None:
+    m = state.metrics
+    m.spend.labels(provider.name).inc(actual)
+    if priced:
+        m.tokens.labels(provider.name, "input").inc(priced[1])
+        m.tokens.labels(provider.name, "output").inc(priced[2])
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def stream(state: GatewayState, plan: Plan) -> Response:
+    # Ask every upstream for usage so streamed spend is real; the caller sees the usage chunk only
+    # if it asked for it.
+    body = {**plan.request.body, "stream_options": {**(plan.request.body.get("stream_options") or {}),
+                                                     "include_usage": True}}
+    failures: list[str] = []
+    for provider in plan.order:
+        left = _deadline_left(state, plan)
+        res = await _reserve(state, plan, provider)
+        plan.tried.append(provider.name)
+        t = time.perf_counter()
+        chunks = state.forwarder.for_provider(provider).stream(provider, body)  # an async generator
+        try:
+            first = await asyncio.wait_for(anext(chunks), left)
+        except UpstreamError as err:
+            await _settle(state, res, 0.0)
+            _record_failure(state, plan, err, failures)
+            if not err.retryable:
+                raise
+            continue
+        except StopAsyncIteration:
+            await _settle(state, res, 0.0)
+            empty = UpstreamError(f"provider {provider.name!r} sent an empty stream", status=502,
+                                  retryable=True, provider=provider.name, kind="protocol")
+            _record_failure(state, plan, empty, failures)
+            continue
+        except TimeoutError:
+            await _settle(state, res, 0.0)
+            await chunks.aclose()
+            raise DeadlineExceeded(
+                f"deadline of {state.config.server.deadline_s}s passed waiting for {provider.name!r}'s first "
+                f"chunk; tried: {', '.join(plan.tried)}"
+            ) from None
+        upstream_s = time.perf_counter() - t
+        headers = _headers(state, plan, provider, upstream_s)
+        relay = _relay(state, plan, provider, res, first, chunks)
+        return StreamingResponse(relay, 200, headers, media_type="text/event-stream")
+    raise _all_failed(plan, failures)
+
+
+async def _relay(
+    state: GatewayState, plan: Plan, provider: ProviderConfig, res: Reservation | None,
+    first: dict[str, Any], chunks: AsyncGenerator[dict[str, Any], None],
+) -> AsyncIterator[bytes]:
+    """Relay the stream; once it has started a failure is an SSE error event, never a silent cut and
+    never a retry. Spend is settled whatever happens: usage from the stream, else the tokens seen."""
+    usage: Any = None
+    text: list[str] = []
+    outcome = "ok"
+    try:
+        chunk: dict[str, Any] | None = first
+        while chunk is not None:
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+                if not plan.request.include_usage:
+                    if not chunk.get("choices"):
+                        chunk = await anext(chunks, None)
+                        continue
+                    chunk = {k: v for k, v in chunk.items() if k != "usage"}
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                if isinstance(delta.get("content"), str):
+                    text.append(delta["content"])
+            yield _sse(chunk)
+            chunk = await anext(chunks, None)
+        yield b"data: [DONE]\n\n"
+    except UpstreamError as err:
+        outcome = "upstream_error"
+        state.metrics.errors.labels(f"stream_{err.kind}").inc()
+        log.warning("stream from %s broke after it started: %s", provider.name, err.message)
+        yield _sse({"error": {"message": f"the stream from {provider.name!r} failed after it started: "
+                                          f"{err.message}", "type": "upstream_error", "param": None,
+                              "code": "stream_interrupted"}})
+    except BaseException:
+        outcome = "client_disconnect"
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await chunks.aclose()
+            priced = _usage_cost(provider, usage)
+            if priced is None:
+                # No usage (stream cut or client gone): charge what was generated, as counted here.
+                completion = count_text("".join(text))
+                priced = (provider.cost(plan.prompt_tokens, completion), plan.prompt_tokens, completion)
+            await _settle(state, res, priced[0])
+            _account(state, provider, priced, priced[0])
+            state.metrics.requests.labels(outcome, "true").inc()
+
+
+async def handle_chat(state: GatewayState, request: Request) -> Response:
+    plan = await plan_request(state, request)
+    if plan.request.stream:
+        return await stream(state, plan)
+    response = await complete(state, plan)
+    state.metrics.requests.labels("ok", "false").inc()
+    state.metrics.latency.observe(time.perf_counter() - plan.started)
+    return response

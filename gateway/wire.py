@@ -1,0 +1,155 @@
+"""OpenAI chat-completions request validation. Pure functions; imports only ``gateway.errors``.
+
+The body is forwarded as the caller sent it (parameters we do not know pass through untouched, so
+a new OpenAI parameter does not need a gateway release); the parameters we know are type-checked
+so a mistake is a 400 that names the field rather than an opaque upstream error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import BodyTooLarge, InvalidRequest
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+_NUMBER = (int, float)
+# name -> (accepted types, lower bound, upper bound); bounds as OpenAI documents them
+_PARAMS: dict[str, tuple[tuple[type, ...], float | None, float | None]] = {
+    "temperature": (_NUMBER, 0, 2),
+    "top_p": (_NUMBER, 0, 1),
+    "presence_penalty": (_NUMBER, -2, 2),
+    "frequency_penalty": (_NUMBER, -2, 2),
+    "max_tokens": ((int,), 1, None),
+    "max_completion_tokens": ((int,), 1, None),
+    "n": ((int,), 1, 128),
+    "seed": ((int,), None, None),
+    "top_logprobs": ((int,), 0, 20),
+    "stream": ((bool,), None, None),
+    "logprobs": ((bool,), None, None),
+    "parallel_tool_calls": ((bool,), None, None),
+    "store": ((bool,), None, None),
+    "user": ((str,), None, None),
+    "stop": ((str, list), None, None),
+    "tools": ((list,), None, None),
+    "tool_choice": ((str, dict), None, None),
+    "response_format": ((dict,), None, None),
+    "stream_options": ((dict,), None, None),
+    "logit_bias": ((dict,), None, None),
+    "metadata": ((dict,), None, None),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    body: dict[str, Any]  # the validated body, as sent
+    model: str
+    stream: bool
+    include_usage: bool  # the caller asked for the final usage chunk
+    max_output_tokens: int | None
+    n: int
+
+
+def parse_body(raw: bytes, limit: int) -> dict[str, Any]:
+    if len(raw) > limit:
+        raise BodyTooLarge(f"request body is {len(raw)} bytes; the limit is {limit}")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return body
+
+
+def _type_name(v: Any) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _check_message(i: int, m: Any) -> None:
+    where = f"messages[{i}]"
+    if not isinstance(m, dict):
+        raise InvalidRequest(f"{where} must be an object, got {_type_name(m)}", param=where)
+    role = m.get("role")
+    if not isinstance(role, str):
+        raise InvalidRequest(f"{where}.role is required and must be a string", param=f"{where}.role")
+    if role not in ROLES:
+        raise InvalidRequest(
+            f"{where}.role {role!r} is not one of {', '.join(sorted(ROLES))}", param=f"{where}.role"
+        )
+    content = m.get("content")
+    if content is None:
+        if role != "assistant" or not (m.get("tool_calls") or m.get("function_call")):
+            raise InvalidRequest(f"{where}.content is required", param=f"{where}.content")
+    elif isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise InvalidRequest(
+                    f"{where}.content[{j}] must be an object with a string 'type'", param=f"{where}.content[{j}]"
+                )
+    elif not isinstance(content, str):
+        raise InvalidRequest(
+            f"{where}.content must be a string or a list of parts, got {_type_name(content)}",
+            param=f"{where}.content",
+        )
+
+
+def validate_chat(body: dict[str, Any]) -> ChatRequest:
+    """Check a chat-completions body; raise InvalidRequest naming the first bad field."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidRequest(
+            f"'messages' is required and must be an array, got {_type_name(messages)}", param="messages"
+        )
+    if not messages:
+        raise InvalidRequest("'messages' must not be empty", param="messages")
+    for i, m in enumerate(messages):
+        _check_message(i, m)
+    for name, (kinds, lo, hi) in _PARAMS.items():
+        if name not in body or body[name] is None:
+            continue
+        v = body[name]
+        if isinstance(v, bool) and bool not in kinds or not isinstance(v, kinds):
+            expected = " or ".join("number" if k in (int, float) and len(kinds) == 2 else k.__name__ for k in kinds)
+            raise InvalidRequest(f"'{name}' must be {expected}, got {_type_name(v)}", param=name)
+        if isinstance(v, int | float) and ((lo is not None and v < lo) or (hi is not None and v > hi)):
+            raise InvalidRequest(f"'{name}' is {v}; it must be within [{lo}, {hi}]", param=name)
+    stop = body.get("stop")
+    if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
+        raise InvalidRequest("'stop' must be a string or an array of strings", param="stop")
+    stream = bool(body.get("stream"))
+    options = body.get("stream_options") or {}
+    if options and not stream:
+        raise InvalidRequest("'stream_options' is only allowed when 'stream' is true", param="stream_options")
+    max_out = body.get("max_completion_tokens") or body.get("max_tokens")
+    return ChatRequest(
+        body=body,
+        model=model,
+        stream=stream,
+        include_usage=bool(options.get("include_usage")),
+        max_output_tokens=max_out,
+        n=body.get("n") or 1,
+    )
+
+
+def message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def routing_prompt(messages: list[dict[str, Any]]) -> str:
+    """What the router reads: the last user message (system prompts are often long and shared by
+    every request of an application, so they say little about which model this request needs)."""
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return message_text(m)
+    return message_text(messages[-1])

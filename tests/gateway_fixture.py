@@ -1,0 +1,47 @@
+"""Start a real gateway (uvicorn, real sockets) in a background thread, for integration tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.config import parse_config
+from router_core.types import RoutingPolicy
+
+
+def start_gateway(raw_config: dict[str, Any], router: RoutingPolicy | None = None,
+                  env: dict[str, str] | None = None) -> tuple[str, Callable[[], None]]:
+    """Serve ``raw_config`` (a gateway.yaml document as a dict) on a free port.
+    Returns (``http://127.0.0.1:PORT``, ``stop``)."""
+    config = parse_config(raw_config, "test-config.yaml", env or {})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(config, router), log_level="warning",
+                                           timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("gateway failed to start")
+        time.sleep(0.01)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
+
+
+def provider(name: str, model: str, api_base: str, price: tuple[float, float] = (1.0, 1.0),
+             **extra: Any) -> dict[str, Any]:
+    return {"name": name, "model": model, "api_base": api_base, "input_usd_per_mtok": price[0],
+            "output_usd_per_mtok": price[1], **extra}
