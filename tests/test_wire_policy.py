@@ -1,0 +1,123 @@
+"""Pure request logic: body validation, model names, header caps, cost estimates."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gateway.config import parse_config
+from gateway.errors import BodyTooLarge, BudgetExceeded, InvalidRequest, ModelNotFound, PermissionDenied
+from gateway.policy import cost_cap, eligible, estimate_cost, resolve_target
+from gateway.wire import parse_body, routing_prompt, validate_chat
+
+CFG = parse_config(
+    {
+        "router": {"default_tradeoff": 0.4},
+        "providers": [
+            {"name": "big", "model": "openai/big", "api_base": "http://x/v1", "input_usd_per_mtok": 10,
+             "output_usd_per_mtok": 30},
+            {"name": "small", "model": "openai/small", "api_base": "http://x/v1", "input_usd_per_mtok": 0.1,
+             "output_usd_per_mtok": 0.2},
+        ],
+        "keys": [
+            {"name": "open", "secret_sha256": "a" * 64},
+            {"name": "pinned", "secret_sha256": "b" * 64, "tradeoff": 0.7, "allowed_providers": ["small"],
+             "max_cost_per_request_usd": 0.01, "budget_usd": 1.0},
+        ],
+    },
+    env={},
+)
+OPEN, PINNED = CFG.keys
+
+
+def test_parse_body_limits_and_json() -> None:
+    with pytest.raises(BodyTooLarge):
+        parse_body(b"x" * 11, 10)
+    with pytest.raises(InvalidRequest, match="not valid JSON"):
+        parse_body(b"{", 100)
+    with pytest.raises(InvalidRequest, match="JSON object"):
+        parse_body(b"[1]", 100)
+
+
+def test_validate_accepts_openai_shapes() -> None:
+    body = {
+        "model": "auto", "stream": True, "stream_options": {"include_usage": True}, "n": 2, "max_tokens": 9,
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {}}]},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+            {"role": "tool", "content": "42", "tool_call_id": "1"},
+        ],
+        "some_future_param": {"x": 1},  # unknown parameters pass through
+    }
+    req = validate_chat(body)
+    assert req.stream and req.include_usage and req.n == 2 and req.max_output_tokens == 9
+    assert req.body["some_future_param"] == {"x": 1}
+
+
+def test_max_completion_tokens_wins_and_stream_options_need_stream() -> None:
+    req = validate_chat({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 3,
+                         "max_tokens": 100})
+    assert req.max_output_tokens == 3
+    with pytest.raises(InvalidRequest) as info:
+        validate_chat({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                       "stream_options": {"include_usage": True}})
+    assert info.value.param == "stream_options"
+
+
+def test_routing_prompt_reads_last_user_message() -> None:
+    msgs = [{"role": "system", "content": "long shared system prompt"}, {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"}, {"role": "user", "content": [{"type": "text", "text": "last"}]}]
+    assert routing_prompt(msgs) == "last"
+
+
+def test_model_names_and_tradeoffs() -> None:
+    assert resolve_target(CFG, "auto", None, {}).tradeoff == 0.4
+    assert resolve_target(CFG, "auto:cheap", None, {}).tradeoff == 1.0
+    assert resolve_target(CFG, "auto:best", None, {}).tradeoff == 0.0
+    assert resolve_target(CFG, "auto@0.25", None, {}).tradeoff == 0.25
+    assert resolve_target(CFG, "auto", None, {"x-cscr-tradeoff": "0.9"}).tradeoff == 0.9
+    named = resolve_target(CFG, "big", None, {})
+    assert not named.routed and [p.name for p in named.providers] == ["big"]
+    with pytest.raises(ModelNotFound):
+        resolve_target(CFG, "gpt-9", None, {})
+    for bad in ("auto@x", "auto@-1", "auto@nan"):
+        with pytest.raises(InvalidRequest):
+            resolve_target(CFG, bad, None, {})
+    with pytest.raises(InvalidRequest) as info:
+        resolve_target(CFG, "auto", None, {"x-cscr-tradeoff": "2"})
+    assert info.value.param == "x-cscr-tradeoff"
+
+
+def test_headers_only_tighten_the_key() -> None:
+    # a key pinned to trade-off 0.7 cannot be pushed towards expensive routing by a header
+    assert resolve_target(CFG, "auto", PINNED, {"x-cscr-tradeoff": "0.0"}).tradeoff == 0.7
+    assert resolve_target(CFG, "auto", PINNED, {"x-cscr-tradeoff": "0.9"}).tradeoff == 0.9
+    assert [p.name for p in resolve_target(CFG, "auto", PINNED, {}).providers] == ["small"]
+    with pytest.raises(PermissionDenied):
+        resolve_target(CFG, "big", PINNED, {})
+    # caps: min of header, per-request cap and what is left of the budget
+    assert cost_cap(None, {}, 0.0) is None
+    assert cost_cap(PINNED, {}, 0.0) == 0.01
+    assert cost_cap(PINNED, {"x-cscr-max-cost-usd": "0.5"}, 0.0) == 0.01  # header cannot loosen
+    assert cost_cap(PINNED, {"x-cscr-max-cost-usd": "0.001"}, 0.0) == 0.001
+    assert cost_cap(PINNED, {}, 0.995) == pytest.approx(0.005)
+    assert cost_cap(PINNED, {}, 3.0) == 0.0
+    assert cost_cap(OPEN, {"x-cscr-max-cost-usd": "0.2"}, 0.0) == 0.2
+    for bad in ("-1", "abc", "inf", "nan"):
+        with pytest.raises(InvalidRequest):
+            cost_cap(OPEN, {"x-cscr-max-cost-usd": bad}, 0.0)
+
+
+def test_estimates_and_eligibility() -> None:
+    big, small = CFG.providers
+    assert estimate_cost(big, 1000, 100, 1) == pytest.approx((1000 * 10 + 100 * 30) / 1e6)
+    assert estimate_cost(big, 1000, 100, 3) == pytest.approx((1000 * 10 + 300 * 30) / 1e6)
+    est = {"big": 0.013, "small": 0.00012}
+    assert [p.name for p in eligible(CFG.providers, est, None)] == ["big", "small"]
+    assert [p.name for p in eligible(CFG.providers, est, 0.001)] == ["small"]
+    with pytest.raises(BudgetExceeded) as info:
+        eligible(CFG.providers, est, 0.0001)
+    assert "small" in info.value.message and info.value.code == "budget_exceeded"
+    assert not math.isnan(info.value.status)
