@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine:  `make serve`  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+UPSTREAM_PORT ?= 8100
+
+.PHONY: install serve test lint
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and exactly: 2.13.0 is the CPU build on local disk; anything looser pulls CUDA (GBs).
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The gateway with embedded defaults: memory:// store, the bundled router, and the replay upstream
+# (11 RouterBench models, real recorded answers and costs) as its providers. No API keys, no Redis.
+serve: install
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/cscr serve --config gateway.yaml --host 127.0.0.1 --port $(PORT) \
+		--with-upstream $(UPSTREAM_PORT)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python -m pytest -q
