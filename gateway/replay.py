@@ -203,6 +203,100 @@ def _parse_response(raw: Any) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Reply:
+    content: str | None
+    tool_call: dict[str, Any] | None
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int  # per choice
+    headers: dict[str, str]
+
+
+def message_text(message: Any) -> str:
+    """Text of one chat message: a string, or the text parts of a content list."""
+    if not isinstance(message, dict):
+        return ""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def compose_reply(table: ReplayTable | None, encoding: tiktoken.Encoding, body: dict[str, Any], model: str) -> Reply:
+    """The answer to a validated request: recorded if the last user message is a RouterBench prompt
+    and ``model`` names a column, else synthetic; then tools, ``stop`` and the token limit.
+    ``body`` must be a validated chat request (``messages`` a list)."""
+
+    def count(text: str) -> int:
+        return len(encoding.encode(text, disallowed_special=()))
+
+    messages: list[Any] = body["messages"]
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    prompt = message_text(users[-1]) if users else ""
+    column = resolve_model(model)
+    recorded = table.lookup(prompt, column) if table is not None and column else None
+    others = sum(count(message_text(m)) for m in messages if not (users and m is users[-1]))
+    headers: dict[str, str] = {}
+    if recorded is not None:
+        content: str = recorded.content
+        prompt_tokens = recorded.prompt_tokens + others
+        completion_tokens = recorded.completion_tokens
+        headers = {
+            "x-replay": "recorded",
+            "x-replay-model": recorded.model,
+            "x-replay-sample-id": recorded.sample_id,
+            "x-replay-cost-usd": repr(recorded.cost_usd),
+        }
+    else:
+        if table is None:
+            reason = "replay disabled"
+        elif column is None:
+            reason = f"model {model!r} not in RouterBench subset"
+        else:
+            reason = "prompt not in RouterBench subset"
+        content = synthetic_content(prompt, model, reason)
+        prompt_tokens = (count(prompt) if users else 0) + others
+        completion_tokens = count(content)
+        headers = {"x-replay": "synthetic", "x-replay-reason": reason}
+
+    tool_name = forced_tool(body)
+    if tool_name is not None:
+        call_id = "call_" + hashlib.sha256(f"{model}{prompt}{tool_name}".encode()).hexdigest()[:24]
+        call = {"id": call_id, "type": "function", "function": {"name": tool_name, "arguments": "{}"}}
+        return Reply(None, call, "tool_calls", prompt_tokens, count(tool_name) + 1, headers)
+
+    finish = "stop"
+    stops = body.get("stop")
+    stops = [stops] if isinstance(stops, str) else [s for s in stops or [] if isinstance(s, str) and s]
+    cut_at = min((i for i in (content.find(s) for s in stops) if i >= 0), default=-1)
+    if cut_at >= 0:
+        content = content[:cut_at]
+        completion_tokens = count(content)
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(limit, int) and 0 < limit < completion_tokens:
+        content = encoding.decode(encoding.encode(content, disallowed_special=())[:limit])
+        completion_tokens, finish = limit, "length"
+    return Reply(content, None, finish, prompt_tokens, completion_tokens, headers)
+
+
+def forced_tool(body: dict[str, Any]) -> str | None:
+    """The function name ``tool_choice`` forces (a named function, or ``required``: the first tool)."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return None
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return str(name) if name else None
+    if choice == "required":
+        first = tools[0] if isinstance(tools[0], dict) else {}
+        return str((first.get("function") or {}).get("name") or "tool")
+    return None
+
+
 def synthetic_content(prompt: str, model: str, reason: str) -> str:
     """A clearly labelled, deterministic stand-in answer (same prompt and model, same text)."""
     digest = hashlib.sha256(f"{model}\n{prompt}".encode()).digest()

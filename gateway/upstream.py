@@ -9,7 +9,6 @@ Faults are chosen per request, most specific first: the ``x-upstream-fault`` hea
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import random
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import tiktoken
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -37,10 +37,10 @@ from gateway.replay import (
     REPLAY_MODELS,
     REPLAY_PRICES,
     ReplayTable,
+    Reply,
+    compose_reply,
     load_cl100k,
     model_candidates,
-    resolve_model,
-    synthetic_content,
 )
 
 __all__ = ["REPLAY_PRICES", "Fault", "UpstreamConfig", "create_app", "main", "parse_fault", "start_upstream"]
@@ -161,9 +161,7 @@ class UpstreamState:
 
     config: UpstreamConfig
     table: ReplayTable | None
-    count: Callable[[str], int]
-    encode: Callable[[str], list[int]]
-    decode: Callable[[list[int]], str]
+    encoding: tiktoken.Encoding
     rules: dict[str, Fault] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)
     last_body: dict[str, Any] = field(default_factory=dict)
@@ -198,96 +196,7 @@ class UpstreamState:
         return fault
 
 
-# --- answers ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    content: str | None
-    tool_call: dict[str, Any] | None
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int  # per choice
-    headers: dict[str, str]
-
-
-def message_text(message: Any) -> str:
-    """Text of one chat message: a string, or the text parts of a content list."""
-    if not isinstance(message, dict):
-        return ""
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-
-def compose_reply(state: UpstreamState, body: dict[str, Any], model: str) -> Reply:
-    """The answer to a validated request: recorded if the last user message is a RouterBench prompt
-    and ``model`` names a column, else synthetic; then tools, ``stop`` and the token limit."""
-    messages: list[Any] = body["messages"]
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    prompt = message_text(users[-1]) if users else ""
-    column = resolve_model(model)
-    recorded = state.table.lookup(prompt, column) if state.table is not None and column else None
-    others = sum(state.count(message_text(m)) for m in messages if not (users and m is users[-1]))
-    headers: dict[str, str] = {}
-    if recorded is not None:
-        content: str = recorded.content
-        prompt_tokens = recorded.prompt_tokens + others
-        completion_tokens = recorded.completion_tokens
-        headers = {
-            "x-replay": "recorded",
-            "x-replay-model": recorded.model,
-            "x-replay-sample-id": recorded.sample_id,
-            "x-replay-cost-usd": repr(recorded.cost_usd),
-        }
-    else:
-        if state.table is None:
-            reason = "replay disabled"
-        elif column is None:
-            reason = f"model {model!r} not in RouterBench subset"
-        else:
-            reason = "prompt not in RouterBench subset"
-        content = synthetic_content(prompt, model, reason)
-        prompt_tokens = (state.count(prompt) if users else 0) + others
-        completion_tokens = state.count(content)
-        headers = {"x-replay": "synthetic", "x-replay-reason": reason}
-
-    tool_name = forced_tool(body)
-    if tool_name is not None:
-        call_id = "call_" + hashlib.sha256(f"{model}{prompt}{tool_name}".encode()).hexdigest()[:24]
-        call = {"id": call_id, "type": "function", "function": {"name": tool_name, "arguments": "{}"}}
-        return Reply(None, call, "tool_calls", prompt_tokens, state.count(tool_name) + 1, headers)
-
-    finish = "stop"
-    stops = body.get("stop")
-    stops = [stops] if isinstance(stops, str) else [s for s in stops or [] if isinstance(s, str) and s]
-    cut_at = min((i for i in (content.find(s) for s in stops) if i >= 0), default=-1)
-    if cut_at >= 0:
-        content = content[:cut_at]
-        completion_tokens = state.count(content)
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    if isinstance(limit, int) and 0 < limit < completion_tokens:
-        content = state.decode(state.encode(content)[:limit])
-        completion_tokens, finish = limit, "length"
-    return Reply(content, None, finish, prompt_tokens, completion_tokens, headers)
-
-
-def forced_tool(body: dict[str, Any]) -> str | None:
-    """The function name ``tool_choice`` forces (a named function, or ``required``: the first tool)."""
-    tools = body.get("tools")
-    if not isinstance(tools, list) or not tools:
-        return None
-    choice = body.get("tool_choice")
-    if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        return str(name) if name else None
-    if choice == "required":
-        first = tools[0] if isinstance(tools[0], dict) else {}
-        return str((first.get("function") or {}).get("name") or "tool")
-    return None
+# --- wire shapes ---------------------------------------------------------------------------
 
 
 def completion_json(reply: Reply, model: str, n: int, cid: str, created: int) -> dict[str, Any]:
@@ -469,7 +378,7 @@ async def chat_completions(request: Request) -> Response:
         retry = {"retry-after": f"{fault.retry_after_s:g}"} if fault.retry_after_s is not None else {}
         return error_response(fault.status, f"injected fault: status {fault.status} for model {model!r}", headers=retry)
 
-    reply = compose_reply(state, body, body["model"])
+    reply = compose_reply(state.table, state.encoding, body, body["model"])
     n = int(body.get("n") or 1)
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if body.get("stream"):
@@ -548,14 +457,7 @@ def create_app(config: UpstreamConfig, table: ReplayTable | None = None) -> Star
         if loaded is None and config.replay == "routerbench":
             loaded = ReplayTable.load(routerbench_parquet(config.data_dir))
         encoding = loaded.encoding if loaded is not None else load_cl100k()
-        state = UpstreamState(
-            config=config,
-            table=loaded,
-            rng=random.Random(config.seed),
-            count=lambda text: len(encoding.encode(text, disallowed_special=())),
-            encode=lambda text: encoding.encode(text, disallowed_special=()),
-            decode=encoding.decode,
-        )
+        state = UpstreamState(config=config, table=loaded, encoding=encoding, rng=random.Random(config.seed))
         for model, spec in config.faults:
             state.set_rule(model, spec)
         app.state.upstream = state
@@ -598,6 +500,17 @@ def fault_rules(
     return tuple(rules)
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket with TCP_NODELAY. uvicorn given a pre-bound socket leaves Nagle on, and
+    Nagle plus delayed ACKs add ~40 ms to every keep-alive request on loopback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    return sock
+
+
 def start_upstream(
     *,
     table: ReplayTable | None = None,
@@ -616,9 +529,7 @@ def start_upstream(
     import uvicorn
 
     config = UpstreamConfig(host=host, port=port, faults=fault_rules(faults, fail_rate, fail_status), **options)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    sock = bind(host, port)
     server = uvicorn.Server(
         uvicorn.Config(create_app(config, table), log_level=log_level, lifespan="on", timeout_graceful_shutdown=1)
     )
@@ -665,7 +576,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fail-rate", type=float, default=0.0, help="fraction of all requests that fail")
     parser.add_argument("--fail-status", type=int, default=503, help="status of --fail-rate failures")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --fail-rate / rate: coin")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
 
 
@@ -689,6 +600,7 @@ def main(argv: list[str]) -> int:
         faults=rules,
         seed=args.seed,
     )
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     table = None
     if config.replay == "routerbench":
         try:
@@ -696,18 +608,20 @@ def main(argv: list[str]) -> int:
         except FileNotFoundError as exc:
             print(f"cscr upstream: {exc} (pass --data DIR or --replay none)", file=sys.stderr)
             return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logger.info(
         "replay upstream on http://%s:%d/v1 (%s)",
         config.host,
         config.port,
         f"{len(table)} RouterBench prompts" if table is not None else "synthetic answers only",
     )
-    uvicorn.run(
-        create_app(config, table),
-        host=config.host,
-        port=config.port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=3,
+    try:
+        sock = bind(config.host, config.port)
+    except OSError as exc:
+        print(f"cscr upstream: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    server_config = uvicorn.Config(
+        create_app(config, table), log_level=args.log_level, lifespan="on", timeout_graceful_shutdown=3
     )
+    with sock:
+        uvicorn.Server(server_config).run(sockets=[sock])
     return 0
