@@ -1,0 +1,204 @@
+"""The routing rule (a pure function of arrays) and ``CSCRRouter``, the gateway's ``RoutingPolicy``.
+
+Rule (``rank``): among the eligible experts, take the ``top_k`` most similar to the query (all of
+them when ``top_k`` is None), order those by ``score = sim − λ·ĉ`` where ``ĉ`` is the normalised
+cost, then the other eligible experts by the same score, then the ineligible ones by cost. The
+full order is returned so the gateway can fall back along it. The cost term is always on: at λ=0
+the rule is pure similarity, as λ grows it moves to cheaper experts (the official CSCR code drops
+the cost term at inference; we do not).
+
+Cost normalisation (``normalise_costs``): ``ĉ = (log c − log c_min) / (log c_max − log c_min)``
+over the experts being ranked, so ĉ ∈ [0, 1], the cheapest is 0 and the dearest 1 whatever the
+currency scale; log because prices across a pool span two or more decades. The same per-prompt
+normalisation is used by the training loss.
+
+Trade-off: the gateway's ``tradeoff`` t ∈ [0, 1] maps to ``λ = t · λ_max``. ``λ_max`` is stored in
+the artifact: the 99th percentile, over the training prompts, of the smallest λ at which the
+cheapest expert wins, so t = 1 routes (almost) everything to the cheapest candidate. At t = 1
+exactly the order is by cost outright (similarity breaks ties), so "cheapest" is guaranteed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from router_core.encoder import ROUTING_TEXT_VERSION, get_encoder, routing_text
+from router_core.index import ExpertIndex
+from router_core.model import RouterArtifact, numpy_head, numpy_key_map
+from router_core.paths import artifacts_dir
+from router_core.types import Candidate, Ranking, Scored
+
+log = logging.getLogger(__name__)
+
+COST_FLOOR_USD = 1e-9  # log of a zero price is undefined; free is treated as 1e-9 USD
+
+
+def normalise_costs(costs: np.ndarray) -> np.ndarray:
+    """Log-cost min-max over the last axis: (..., M) USD -> (..., M) in [0, 1]; all equal -> 0."""
+    logc = np.log(np.maximum(np.asarray(costs, dtype=np.float64), COST_FLOOR_USD))
+    lo = logc.min(axis=-1, keepdims=True)
+    span = logc.max(axis=-1, keepdims=True) - lo
+    return np.where(span > 0, (logc - lo) / np.where(span > 0, span, 1.0), 0.0)
+
+
+def rule_scores(similarities: np.ndarray, costs_norm: np.ndarray, lam: float) -> np.ndarray:
+    """``sim − λ·ĉ`` for every expert: (M,) or (N, M)."""
+    return np.asarray(similarities, dtype=np.float64) - lam * np.asarray(costs_norm, dtype=np.float64)
+
+
+def rank(
+    similarities: np.ndarray,
+    costs: np.ndarray,
+    eligible: np.ndarray,
+    lam: float,
+    top_k: int | None = None,
+) -> np.ndarray:
+    """The full routing order for one query: indices into the M experts, best first.
+
+    similarities (M,): query-key cosine; costs (M,): normalised costs ĉ in [0, 1]
+    (``normalise_costs``); eligible (M,) bool: what the budget allows.
+
+    Order: the ``top_k`` most similar eligible experts ranked by ``sim − λ·ĉ``; then the remaining
+    eligible experts by the same score; then the ineligible experts by cost (they are never ahead
+    of an eligible one, and the gateway must not send to them; they are listed only so the order
+    is a permutation). Ties break on lower cost, then lower index.
+    """
+    sims = np.asarray(similarities, dtype=np.float64)
+    cost = np.asarray(costs, dtype=np.float64)
+    ok = np.asarray(eligible, dtype=bool)
+    m = sims.shape[0]
+    idx = np.arange(m)
+    score = rule_scores(sims, cost, lam)
+    elig = idx[ok]
+    if top_k is not None and top_k < elig.size:
+        by_sim = elig[np.lexsort((elig, cost[elig], -sims[elig]))]
+        head, rest = by_sim[:top_k], by_sim[top_k:]
+    else:
+        head, rest = elig, elig[:0]
+    head = head[np.lexsort((head, cost[head], -score[head]))]
+    rest = rest[np.lexsort((rest, cost[rest], -score[rest]))]
+    inel = idx[~ok]
+    inel = inel[np.lexsort((inel, -sims[inel], cost[inel]))]
+    return np.concatenate([head, rest, inel]).astype(np.int64)
+
+
+def choose(
+    similarities: np.ndarray, costs_norm: np.ndarray, lams: Sequence[float], top_k: int | None = None
+) -> np.ndarray:
+    """Vectorised first choice for evaluation: (N, M) sims and normalised costs -> (L, N) indices.
+
+    Same rule as ``rank`` with every expert eligible (ties aside).
+    """
+    sims = np.asarray(similarities, dtype=np.float64)
+    cn = np.asarray(costs_norm, dtype=np.float64)
+    if top_k is not None and top_k < sims.shape[1]:
+        kth = -np.sort(-sims, axis=1)[:, top_k - 1 : top_k]  # (N, 1)
+        mask = sims >= kth
+    else:
+        mask = np.ones_like(sims, dtype=bool)
+    out = np.empty((len(lams), sims.shape[0]), dtype=np.int64)
+    for i, lam in enumerate(lams):
+        out[i] = np.where(mask, rule_scores(sims, cn, lam), -np.inf).argmax(axis=1)
+    return out
+
+
+def calibrate_lam_max(similarities: np.ndarray, costs_norm: np.ndarray, quantile: float = 0.99) -> float:
+    """The λ at which the cheapest expert wins for ``quantile`` of the prompts. (N, M) inputs."""
+    sims = np.asarray(similarities, dtype=np.float64)
+    cn = np.asarray(costs_norm, dtype=np.float64)
+    rows = np.arange(sims.shape[0])
+    cheapest = cn.argmin(axis=1)
+    gap_c = cn - cn[rows, cheapest][:, None]  # (N, M) ≥ 0
+    gap_s = sims - sims[rows, cheapest][:, None]  # (N, M)
+    need = np.where(gap_c > 1e-12, gap_s / np.where(gap_c > 1e-12, gap_c, 1.0), 0.0).max(axis=1)
+    return float(max(np.quantile(np.maximum(need, 0.0), quantile), 1e-3) * 1.01)
+
+
+class CSCRRouter:
+    """A trained CSCR router behind the gateway's ``RoutingPolicy`` contract.
+
+    Candidates are matched to experts by ``Candidate.expert`` (the expert name in the artifact,
+    e.g. the RouterBench model column ``gpt-4-1106-preview``); those whose ``expert`` is None or
+    unknown go last, cheapest first.
+    """
+
+    name = "cscr"
+
+    def __init__(self, artifact: RouterArtifact, top_k: int | None = None) -> None:
+        self.artifact = artifact
+        cfg = artifact.config
+        if cfg.routing_text and cfg.routing_text != ROUTING_TEXT_VERSION:
+            log.warning("router trained with routing text %r, serving with %r", cfg.routing_text, ROUTING_TEXT_VERSION)
+        self.top_k = cfg.top_k if top_k is None else top_k
+        self.lam_max = artifact.lam_max
+        self.encoder = get_encoder(cfg.encoder)
+        self._weights = artifact.weights
+        self.index = ExpertIndex(artifact.experts, artifact.expert_keys)
+
+    @property
+    def experts(self) -> list[str]:
+        return self.index.names
+
+    def lam(self, tradeoff: float) -> float:
+        return float(min(max(tradeoff, 0.0), 1.0)) * self.lam_max
+
+    def query_vector(self, prompt: str) -> np.ndarray:
+        """Unit query vector of a prompt: routing text -> frozen encoder -> head. (out_dim,)"""
+        return numpy_head(self._weights, self.encoder.encode(routing_text(prompt)))
+
+    def key_for_descriptor(self, descriptor: np.ndarray) -> np.ndarray:
+        """Expert key of a model from its descriptor (descriptor-keyed artifacts only)."""
+        if self.artifact.config.keys != "descriptor":
+            raise ValueError("this artifact learned its keys; a new expert needs retraining")
+        return numpy_key_map(self._weights, np.asarray(descriptor, dtype=np.float32)[None, :])[0]
+
+    def add_expert(self, name: str, descriptor: np.ndarray) -> None:
+        """Add or replace an expert from its descriptor; no retraining."""
+        self.index.add(name, self.key_for_descriptor(descriptor))
+
+    def remove_expert(self, name: str) -> None:
+        self.index.remove(name)
+
+    def rank(self, prompt: str, candidates: Sequence[Candidate], tradeoff: float) -> Ranking:
+        """Every candidate once, best first (see the module docstring for the rule and trade-off)."""
+        is_known = [c.expert is not None and c.expert in self.index for c in candidates]
+        known = [c for c, k in zip(candidates, is_known, strict=True) if k]
+        unknown = sorted(
+            (c for c, k in zip(candidates, is_known, strict=True) if not k), key=lambda c: (c.cost, c.name)
+        )
+        order: list[Scored] = []
+        if known:
+            sims_all = self.index.similarities(self.query_vector(prompt))
+            pos = {n: i for i, n in enumerate(self.index.names)}
+            sims = np.array([sims_all[pos[c.expert]] for c in known if c.expert is not None])
+            cost_norm = normalise_costs(np.array([c.cost for c in known]))
+            t = min(max(tradeoff, 0.0), 1.0)
+            if t >= 1.0:  # cheapest outright
+                idx = np.lexsort((np.arange(len(known)), -sims, cost_norm))
+            else:
+                idx = rank(sims, cost_norm, np.ones(len(known), dtype=bool), self.lam(t), self.top_k)
+            scores = rule_scores(sims, cost_norm, self.lam(t))
+            order = [Scored(known[i].name, float(scores[i]), float(sims[i]), known[i].cost) for i in idx]
+        floor = min((s.score for s in order), default=0.0) - 1.0
+        order += [Scored(c.name, floor - i, None, c.cost) for i, c in enumerate(unknown)]
+        return Ranking(order=tuple(order), policy=self.name)
+
+
+def bundled_artifact_path() -> Path:
+    return artifacts_dir() / "routerbench"
+
+
+def load_router(path: Path | None = None, top_k: int | None = None) -> CSCRRouter:
+    """Load a router artifact (None: the bundled RouterBench one) and its encoder.
+
+    The first call with the static encoder may build it (~20-80 s, once per machine, cached in
+    ``cache_dir()``); later loads take well under a second.
+    """
+    artifact = RouterArtifact.load(bundled_artifact_path() if path is None else Path(path))
+    if artifact.config.variant != "cscr":
+        raise ValueError(f"router artifact variant {artifact.config.variant!r} is not served by CSCRRouter")
+    return CSCRRouter(artifact, top_k=top_k)

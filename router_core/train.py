@@ -1,0 +1,277 @@
+"""``cscr train``: fit the CSCR head (and expert keys) on cached prompt embeddings, write an artifact.
+
+    cscr train --benchmark routerbench --out router_core/artifacts/routerbench
+    cscr train --benchmark mmlu_pro --out runs/mmlu --loss infonce --epochs 10 --seed 1
+
+The frozen encoder's embeddings come from the on-disk cache (``encoder.embed_prompts``), so after
+the first run training takes seconds. Seeds fix numpy, torch and the batch order.
+
+Descriptor keys (the default) use each model's *accuracy fingerprint*: its mean correctness on a
+fixed probe set of training prompts, per probe cluster (K-means over the probes' embeddings) plus
+overall. A new model's fingerprint needs only its graded answers on those probes; the artifact
+records the probe ids and cluster centroids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router_core.data import Benchmark, load_benchmark, versions_of
+from router_core.encoder import ENCODERS, ROUTING_TEXT_VERSION, embed_prompts
+from router_core.model import RouterArtifact, RouterConfig, build_module, module_weights, numpy_head
+from router_core.router import calibrate_lam_max, choose, normalise_costs
+
+log = logging.getLogger(__name__)
+
+PROBE_SIZE = 400
+PROBE_CLUSTERS = 8
+
+
+def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical K-means on unit rows: (N, D) -> (centroids (k, D), labels (N,)). Deterministic per seed."""
+    rng = np.random.default_rng(seed)
+    cent = x[rng.choice(len(x), size=k, replace=False)].copy()
+    labels = np.zeros(len(x), dtype=np.int64)
+    for _ in range(iters):
+        labels = (x @ cent.T).argmax(axis=1)
+        new = np.stack([x[labels == j].sum(axis=0) if (labels == j).any() else cent[j] for j in range(k)])
+        new /= np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
+        if np.allclose(new, cent):
+            break
+        cent = new
+    return cent.astype(np.float32), labels
+
+
+def accuracy_fingerprints(
+    emb: np.ndarray, quality: np.ndarray, probe_size: int, n_clusters: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-model descriptor from a probe set of training prompts.
+
+    emb (N, D) unit, quality (N, M) -> (descriptors (M, C+1): per-cluster then overall mean
+    correctness, centroids (C, D), probe row indices (P,)).
+    """
+    rng = np.random.default_rng(seed)
+    probe = np.sort(rng.choice(len(emb), size=min(probe_size, len(emb)), replace=False))
+    cent, labels = kmeans(emb[probe], min(n_clusters, len(probe)), seed)
+    q = quality[probe]  # (P, M)
+    prior = q.mean(axis=0)  # (M,)
+    cols = []
+    for j in range(len(cent)):
+        members = labels == j
+        # a small cluster is shrunk towards the model's overall accuracy (2 pseudo-probes)
+        cols.append((q[members].sum(axis=0) + 2 * prior) / (members.sum() + 2))
+    desc = np.stack([*cols, prior], axis=1).astype(np.float32)  # (M, C+1)
+    return desc, cent, probe
+
+
+def fit(
+    cfg: RouterConfig,
+    emb: np.ndarray,
+    quality: np.ndarray,
+    cost: np.ndarray,
+    descriptors: np.ndarray | None,
+    progress: bool = True,
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[float]]:
+    """Train head + keys on (N, D) embeddings, (N, M) float labels and USD costs.
+
+    Returns (weights without ``expert_keys``, expert keys (M, out), mean loss per epoch).
+    """
+    import torch
+
+    from router_core.loss import cscr_loss, infonce_loss
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    n, m = quality.shape
+    module: Any = build_module(cfg, m)
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    x = torch.from_numpy(np.asarray(emb, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(quality, dtype=np.float32))
+    c = torch.from_numpy(normalise_costs(cost).astype(np.float32))
+    d = None if descriptors is None else torch.from_numpy(descriptors.astype(np.float32))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    steps = cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size)
+    bar: Any = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc=f"train[{cfg.loss}]", unit="step")
+    history: list[float] = []
+    module.train()
+    for _epoch in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen)
+        total, batches = 0.0, 0
+        for start in range(0, n, cfg.batch_size):
+            bi = perm[start : start + cfg.batch_size]
+            q = module.queries(x[bi])  # (B, out)
+            k = module.keys(d)  # (M, out)
+            if cfg.loss == "cscr":
+                loss = cscr_loss(q, k, y[bi], c[bi], cfg.n_bands, cfg.gamma, cfg.alpha, cfg.tau_min)
+            elif cfg.loss == "infonce":
+                loss = infonce_loss(q, k, y[bi], cfg.tau)
+            else:
+                raise ValueError(f"unknown loss {cfg.loss!r}; expected 'cscr' or 'infonce'")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            batches += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total / (batches):.3f}")
+        history.append(total / max(batches, 1))
+    if bar is not None:
+        bar.close()
+    module.eval()
+    with torch.no_grad():
+        keys = module.keys(d).numpy().astype(np.float32)
+    return module_weights(module), keys, history
+
+
+def similarities(artifact: RouterArtifact, emb: np.ndarray) -> np.ndarray:
+    """(N, D) encoder embeddings -> (N, M) query-expert cosine, experts in artifact order."""
+    return numpy_head(artifact.weights, emb) @ artifact.expert_keys.T
+
+
+def evaluate(
+    artifact: RouterArtifact, emb: np.ndarray, quality: np.ndarray, cost: np.ndarray, n_points: int = 101
+) -> dict[str, float]:
+    """AUDC / AUDC-log / peak / QNC of the artifact's deferral curve on (N, ·) prompts.
+
+    λ sweeps ``tradeoff · λ_max`` for 101 trade-offs plus the pure cost order, i.e. exactly the
+    points the gateway can reach; the grid and metrics are ``router_core.metrics``'.
+    """
+    from router_core.metrics import cost_grid, curve_points, curve_stats
+
+    sims = similarities(artifact, emb)  # (N, M)
+    cn = normalise_costs(cost)
+    lams = list(np.linspace(0.0, 1.0, n_points) * artifact.lam_max)
+    picks = choose(sims, cn, lams, artifact.config.top_k)  # (L, N)
+    picks = np.vstack([picks, cn.argmin(axis=1)[None, :]])
+    pc, pq = curve_points(picks, quality, cost)
+    stats = curve_stats(pc, pq, cost_grid(quality, cost))
+    return {"audc": stats.audc, "audc_log": stats.audc_log, "peak": stats.peak, "qnc": stats.qnc}
+
+
+def train_artifact(bench: Benchmark, emb: np.ndarray, cfg: RouterConfig, progress: bool = True) -> RouterArtifact:
+    """Train on the benchmark's ``train`` rows of ``emb`` (N, D); metrics on its ``test`` rows."""
+    tr = bench.split == "train"
+    te = bench.split == "test"
+    if not tr.any():
+        raise ValueError(f"{bench.name}: no training rows")
+    weights: dict[str, np.ndarray] = {}
+    descriptors = None
+    meta_probe: dict[str, Any] = {}
+    if cfg.keys == "descriptor":
+        descriptors, centroids, probe = accuracy_fingerprints(
+            emb[tr], bench.quality[tr], PROBE_SIZE, PROBE_CLUSTERS, cfg.seed
+        )
+        cfg = replace(cfg, descriptor_dim=int(descriptors.shape[1]))
+        weights["descriptors"] = descriptors
+        weights["probe_centroids"] = centroids
+        train_ids = [bench.prompt_ids[i] for i in np.flatnonzero(tr)]
+        meta_probe = {
+            "descriptor": "accuracy fingerprint: per probe-cluster then overall mean correctness",
+            "probe_ids": [train_ids[i] for i in probe],
+        }
+    t0 = time.perf_counter()
+    head, keys, history = fit(cfg, emb[tr], bench.quality[tr], bench.cost[tr], descriptors, progress)
+    train_s = time.perf_counter() - t0
+    weights.update(head)
+    weights["expert_keys"] = keys
+    sims_tr = numpy_head(weights, emb[tr]) @ keys.T
+    lam_max = calibrate_lam_max(sims_tr, normalise_costs(bench.cost[tr]))
+    artifact = RouterArtifact(
+        config=cfg,
+        weights=weights,
+        experts=list(bench.models),
+        mean_cost=bench.cost[tr].mean(axis=0),
+        lam_max=lam_max,
+        meta={
+            "benchmark": bench.name,
+            "encoder": {"name": cfg.encoder, "version": ENCODERS[cfg.encoder].version},
+            "routing_text": ROUTING_TEXT_VERSION,
+            "data_versions": versions_of(bench),
+            "n_train": int(tr.sum()),
+            "n_test": int(te.sum()),
+            "train_seconds": round(train_s, 2),
+            "loss_per_epoch": [round(v, 4) for v in history],
+            **meta_probe,
+        },
+    )
+    if te.any():
+        artifact.meta["metrics_test"] = evaluate(artifact, emb[te], bench.quality[te], bench.cost[te])
+    return artifact
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = RouterConfig()
+    p = argparse.ArgumentParser(prog="cscr train", description=__doc__.split("\n")[0])
+    p.add_argument("--benchmark", required=True, choices=["routerbench", "mmlu_pro"])
+    p.add_argument("--data", type=Path, default=None, help="data directory (default: ../shared/data)")
+    p.add_argument("--split", default="in-dist", help="MMLU-Pro split: in-dist | ood")
+    p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    p.add_argument("--encoder", default=d.encoder, choices=sorted(ENCODERS))
+    p.add_argument("--loss", default=d.loss, choices=["cscr", "infonce"])
+    p.add_argument("--keys", default=d.keys, choices=["descriptor", "learned"])
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--hidden", type=int, default=d.hidden)
+    p.add_argument("--out-dim", type=int, default=d.out_dim)
+    p.add_argument("--n-bands", type=int, default=d.n_bands)
+    p.add_argument("--gamma", type=float, default=d.gamma)
+    p.add_argument("--alpha", type=float, default=d.alpha)
+    p.add_argument("--tau-min", type=float, default=d.tau_min)
+    p.add_argument("--tau", type=float, default=d.tau, help="plain InfoNCE temperature")
+    p.add_argument("--top-k", type=int, default=None, help="experts searched at inference (default: all)")
+    p.add_argument("--max-train", type=int, default=None, help="use only this many training prompts")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    opts = {"split": args.split} if args.benchmark == "mmlu_pro" else {}
+    bench = load_benchmark(args.benchmark, args.data, **opts)
+    if args.max_train is not None:
+        keep = np.flatnonzero(bench.split == "train")[: args.max_train]
+        bench = bench.subset(np.sort(np.concatenate([keep, np.flatnonzero(bench.split == "test")])))
+    emb = embed_prompts(bench.prompts, args.encoder, progress=not args.no_progress)
+    cfg = RouterConfig(
+        encoder=args.encoder,
+        routing_text=ROUTING_TEXT_VERSION,
+        in_dim=int(emb.shape[1]),
+        hidden=args.hidden,
+        out_dim=args.out_dim,
+        keys=args.keys,
+        loss=args.loss,
+        n_bands=args.n_bands,
+        gamma=args.gamma,
+        alpha=args.alpha,
+        tau_min=args.tau_min,
+        tau=args.tau,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        seed=args.seed,
+        top_k=args.top_k,
+    )
+    artifact = train_artifact(bench, emb, cfg, progress=not args.no_progress)
+    artifact.meta["command"] = "cscr train " + " ".join(argv)
+    artifact.save(args.out)
+    m = artifact.meta.get("metrics_test", {})
+    print(
+        f"wrote {args.out}  train {artifact.meta['train_seconds']}s  lam_max {artifact.lam_max:.3f}  "
+        + "  ".join(f"{k}={v:.4f}" for k, v in m.items())
+    )
+    return 0
