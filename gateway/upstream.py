@@ -248,33 +248,24 @@ def stream_events(
 
     chunks: list[dict[str, Any]] = []
     for i in range(n):
-        if reply.tool_call is not None:
-            call = reply.tool_call
-            chunks.append(
-                chunk(
-                    i,
-                    {
-                        "role": "assistant",
-                        "content": None,
-                        "tool_calls": [
-                            {
-                                "index": 0,
-                                "id": call["id"],
-                                "type": "function",
-                                "function": {"name": call["function"]["name"], "arguments": ""},
-                            }
-                        ],
-                    },
-                )
-            )
-            chunks.append(chunk(i, {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))
-        else:
-            chunks.append(chunk(i, {"role": "assistant", "content": ""}))
-            chunks += [chunk(i, {"content": piece}) for piece in split_words(reply.content or "", words_per_chunk)]
+        chunks += [chunk(i, delta) for delta in reply_deltas(reply, words_per_chunk)]
         chunks.append(chunk(i, {}, reply.finish_reason))
     if include_usage:
         chunks.append({**base, "choices": [], "usage": usage_json(reply, n)})
     return [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
+
+
+def reply_deltas(reply: Reply, words_per_chunk: int) -> list[dict[str, Any]]:
+    """The ``delta`` objects of one streamed choice, before its finish chunk."""
+    if reply.tool_call is None:
+        pieces = split_words(reply.content or "", words_per_chunk)
+        return [{"role": "assistant", "content": ""}] + [{"content": piece} for piece in pieces]
+    call = reply.tool_call
+    opening = {"index": 0, "id": call["id"], "type": "function", "function": {**call["function"], "arguments": ""}}
+    return [
+        {"role": "assistant", "content": None, "tool_calls": [opening]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": call["function"]["arguments"]}}]},
+    ]
 
 
 def split_words(text: str, per_chunk: int) -> list[str]:

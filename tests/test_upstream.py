@@ -230,6 +230,18 @@ def test_forced_tool_call_and_pass_through(client: openai.OpenAI, root: str) -> 
     assert last["tools"] == tools and last["temperature"] == 0.3 and last["max_tokens"] == 77
 
 
+def test_streamed_tool_call(client: openai.OpenAI) -> None:
+    tools: Any = [{"type": "function", "function": {"name": "first"}}, {"type": "function", "function": {"name": "x"}}]
+    stream = client.chat.completions.create(
+        model="claude-v2", messages=user("use a tool"), tools=tools, tool_choice="required", stream=True
+    )
+    chunks = list(stream)
+    calls = [c.choices[0].delta.tool_calls[0] for c in chunks if c.choices[0].delta.tool_calls]
+    assert calls[0].function is not None and calls[0].function.name == "first" and calls[0].id
+    assert "".join((c.function.arguments or "") if c.function else "" for c in calls) == "{}"
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
 async def test_stream_reassembles_with_usage(aclient: openai.AsyncOpenAI, long_prompt: str) -> None:
     messages = user(long_prompt)
     whole = await aclient.chat.completions.create(model="mistralai/mixtral-8x7b-chat", messages=messages)
@@ -328,6 +340,8 @@ def test_stats_models_health_and_validation(client: openai.OpenAI, root: str) ->
     assert stats["requests"]["stats-probe"] == 2
     assert stats["last_request"]["stats-probe"]["messages"][0]["content"] == "count me"
     assert stats["last_headers"]["stats-probe"]["authorization"] == "Bearer test-key"
+
+    assert httpx.delete(f"{root}/_stats").json()["total"] == 0
 
     ids = [m.id for m in client.models.list()]
     assert set(REPLAY_MODELS) <= set(ids) and {"broken", "slow", "cutter"} <= set(ids)
