@@ -1,4 +1,5 @@
-"""RouterBench replay data for the local upstream: recorded answers, their prices, token counts.
+"""What the local upstream answers: recorded RouterBench answers, with prices and token counts that
+reproduce their recorded cost, or labelled synthetic ones.
 
 The recorded ``<model>|total_cost`` of every row is exactly
 ``(prompt_tokens * in_price + completion_tokens * out_price) / 1e6`` with tiktoken ``cl100k_base``
@@ -205,6 +206,8 @@ def _parse_response(raw: Any) -> str:
 
 @dataclass(frozen=True)
 class Reply:
+    """One answer, before it is shaped into a completion or a stream."""
+
     content: str | None
     tool_call: dict[str, Any] | None
     finish_reason: str
