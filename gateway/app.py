@@ -15,13 +15,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.admin import admin_routes
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.forward import Forwarder
 from gateway.metrics import Metrics
 from gateway.policy import auto_model_names
 from gateway.proxy import GatewayState, handle_chat
-from gateway.store import open_store
+from gateway.store import SettlementQueue, open_store
 from router_core.types import CostOnlyPolicy, RoutingPolicy
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def create_app(config: GatewayConfig, router: RoutingPolicy | None = None) -> St
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         policy, problem = (router, None) if router is not None else load_policy(config)
-        state = GatewayState(config, Forwarder(), policy, open_store(config.store), Metrics(), problem)
+        store = open_store(config.store)
+        state = GatewayState(config, Forwarder(), policy, store, Metrics(), SettlementQueue(store), problem)
         holder["state"] = state
         app.state.gateway = state
         log.info("gateway ready: %d providers, router %s, store %s", len(config.providers), policy.name,
@@ -66,6 +68,9 @@ def create_app(config: GatewayConfig, router: RoutingPolicy | None = None) -> St
         try:
             yield
         finally:
+            await state.settlements.flush(timeout_s=5.0)
+            if state.settlements.pending:
+                log.error("%d settlements could not reach the store before shutdown", state.settlements.pending)
             await state.forwarder.aclose()
             await state.store.aclose()
 
@@ -101,9 +106,12 @@ def create_app(config: GatewayConfig, router: RoutingPolicy | None = None) -> St
         }
         try:
             await state.store.ping()
-            checks["store"] = {"ok": True, "url": state.store.url.split("@")[-1]}
+            checks["store"] = {"ok": True, "url": state.store.url.split("@")[-1],
+                               "pending_settlements": state.settlements.pending}
         except Exception as exc:  # report, don't crash: /ready exists to say what is wrong
-            checks["store"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            checks["store"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                               "store_failure": state.config.server.store_failure,
+                               "pending_settlements": state.settlements.pending}
         # A router that fell back to cost-only still serves traffic: it is reported, not fatal.
         ok = checks["store"]["ok"] and bool(state.config.providers)
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
@@ -135,6 +143,7 @@ def create_app(config: GatewayConfig, router: RoutingPolicy | None = None) -> St
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *admin_routes(),
     ]
     return Starlette(
         routes=routes, lifespan=lifespan,

@@ -30,6 +30,9 @@ class ServerConfig:
     max_attempts: int = 3  # providers tried per request, fallbacks included
     deadline_s: float = 120.0  # overall time for one request, fallbacks included
     estimate_output_tokens: int = 512  # output bound for cost estimates when max_tokens is absent
+    store_failure: Literal["closed", "open"] = "closed"  # store unreachable: refuse to spend, or serve unmetered
+    master_key_env: str | None = None  # env var holding the admin API's master key; None = no admin API
+    master_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +75,14 @@ class ProviderConfig:
 class KeyConfig:
     name: str
     secret_sha256: str = field(repr=False)
-    budget_usd: float | None = None  # lifetime budget in this process's store; None = unlimited
+    budget_usd: float | None = None  # per budget_period; None = unlimited
+    budget_period: Literal["none", "daily", "monthly"] = "none"  # UTC calendar periods; "none" = lifetime
     max_cost_per_request_usd: float | None = None
     allowed_providers: tuple[str, ...] | None = None  # None = all
     tradeoff: float | None = None  # default trade-off for this key (else the router's)
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # tokens per minute (estimated prompt + output bound, counted before the call)
+    source: Literal["config", "admin"] = "config"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,15 +157,27 @@ class _Reader:
             raise ConfigError(self.file, self._field(str(unknown[0])), "unknown key")
 
 
-def _server(r: _Reader | None) -> ServerConfig:
+def _server(r: _Reader | None, env: Mapping[str, str]) -> ServerConfig:
     if r is None:
         return ServerConfig()
     d = ServerConfig()
+    failure = r.get("store_failure", str, d.store_failure)
+    if failure not in ("closed", "open"):
+        raise ConfigError(r.file, r._field("store_failure"), "must be closed or open")
+    master_env = r.get("master_key_env", str)
+    master = None
+    if master_env is not None:
+        master = env.get(master_env)
+        if not master:
+            raise ConfigError(r.file, r._field("master_key_env"), f"environment variable {master_env} is not set")
     cfg = ServerConfig(
         max_body_bytes=r.get("max_body_bytes", int, d.max_body_bytes),
         max_attempts=r.get("max_attempts", int, d.max_attempts),
         deadline_s=r.number("deadline_s", d.deadline_s, lo=0.001),
         estimate_output_tokens=r.get("estimate_output_tokens", int, d.estimate_output_tokens),
+        store_failure=failure,
+        master_key_env=master_env,
+        master_key=master,
     )
     for name in ("max_body_bytes", "max_attempts", "estimate_output_tokens"):
         if getattr(cfg, name) < 1:
@@ -229,16 +248,32 @@ def _key(r: _Reader, providers: set[str]) -> KeyConfig:
         for i, p in enumerate(allowed):
             if p not in providers:
                 raise ConfigError(r.file, r._field(f"allowed_providers[{i}]"), f"unknown provider {p!r}")
+    period = r.get("budget_period", str, "none")
+    if period not in ("none", "daily", "monthly"):
+        raise ConfigError(r.file, r._field("budget_period"), "must be none, daily or monthly")
+    limits = {}
+    for name in ("rpm", "tpm"):
+        limits[name] = r.get(name, int)
+        if limits[name] is not None and limits[name] < 1:
+            raise ConfigError(r.file, r._field(name), "must be >= 1")
     cfg = KeyConfig(
         name=r.get("name", str, required=True),
         secret_sha256=secret_hash,
         budget_usd=r.number("budget_usd", None, lo=0.0),
+        budget_period=period,
         max_cost_per_request_usd=r.number("max_cost_per_request_usd", None, lo=0.0),
         allowed_providers=tuple(allowed) if allowed is not None else None,
         tradeoff=r.number("tradeoff", None, lo=0.0, hi=1.0),
+        rpm=limits["rpm"],
+        tpm=limits["tpm"],
     )
     r.done()
     return cfg
+
+
+def parse_key(raw: Any, providers: set[str], source: str = "<admin>") -> KeyConfig:
+    """A key document (admin API, store) validated like a gateway.yaml entry."""
+    return _key(_Reader(source, "key", raw), providers)
 
 
 def litellm_price(model: str) -> tuple[float, float] | None:
@@ -259,7 +294,7 @@ def parse_config(raw: Any, source: str = "<memory>", env: Mapping[str, str] | No
     store = root.get("store", str, "memory://")
     if not store.startswith(("memory://", "redis://", "rediss://")):
         raise ConfigError(source, "store", "must start with memory:// or redis://")
-    server = _server(root.sub("server"))
+    server = _server(root.sub("server"), env)
     router = _router(root.sub("router"))
     providers: list[ProviderConfig] = []
     for i, item in enumerate(root.get("providers", list, [])):

@@ -61,6 +61,12 @@ class BudgetExceeded(GatewayError):
     code = "budget_exceeded"
 
 
+class RateLimited(GatewayError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
 class UpstreamError(GatewayError):
     """A provider call failed. ``retryable`` decides whether the next provider is tried."""
 

@@ -7,7 +7,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,17 +19,19 @@ from starlette.responses import Response, StreamingResponse
 from gateway.config import GatewayConfig, KeyConfig, ProviderConfig
 from gateway.errors import (
     AllProvidersFailed,
-    AuthError,
     BodyTooLarge,
     BudgetExceeded,
     DeadlineExceeded,
     GatewayError,
+    RateLimited,
+    StoreUnavailable,
     UpstreamError,
 )
 from gateway.forward import Forwarder
+from gateway.keys import authenticate, budget_account
 from gateway.metrics import Metrics
 from gateway.policy import cost_cap, eligible, estimate_cost, resolve_target
-from gateway.store import Reservation, Store
+from gateway.store import Reservation, SettlementQueue, Store
 from gateway.tokens import count_messages, count_text
 from gateway.wire import ChatRequest, parse_body, routing_prompt, validate_chat
 from router_core.types import Candidate, RoutingPolicy
@@ -47,7 +50,25 @@ class GatewayState:
     router: RoutingPolicy
     store: Store
     metrics: Metrics
+    settlements: SettlementQueue
     router_problem: str | None = None  # why the configured router is not in use, if it is not
+
+    async def store_op(self, what: str, op: Any) -> Any:
+        """Await a store operation; an unreachable store becomes StoreUnavailable (and is counted)."""
+        try:
+            return await op
+        except GatewayError:
+            raise
+        except Exception as exc:  # redis raises its ConnectionError/TimeoutError family, and OSError
+            self.metrics.errors.labels("store_unavailable").inc()
+            log.error("store %s failed during %s: %s: %s", self.store.url.split("@")[-1], what,
+                      type(exc).__name__, exc)
+            raise StoreUnavailable(f"the budget store is unreachable ({what}); "
+                                   f"store_failure is {self.config.server.store_failure}") from exc
+
+    @property
+    def fail_open(self) -> bool:
+        return self.config.server.store_failure == "open"
 
 
 @dataclass
@@ -60,20 +81,9 @@ class Plan:
     policy: str
     routing_s: float
     started: float
+    account: str | None = None  # the key's budget account for this period
+    unmetered: bool = False  # the store was unreachable and store_failure is "open"
     tried: list[str] = field(default_factory=list)
-
-
-def authenticate(config: GatewayConfig, headers: Mapping[str, str]) -> KeyConfig | None:
-    if not config.keys:
-        return None
-    auth = headers.get("authorization", "")
-    scheme, _, secret = auth.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        raise AuthError("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
-    key = config.key_by_secret(secret.strip())
-    if key is None:
-        raise AuthError("Incorrect API key provided.")  # never echo the secret back
-    return key
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -93,14 +103,15 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def plan_request(state: GatewayState, request: Request) -> Plan:
     started = time.perf_counter()
     config = state.config
-    key = authenticate(config, request.headers)
+    key = await state.store_op("key lookup", authenticate(config, state.store, request.headers))
     body = parse_body(await read_body(request, config.server.max_body_bytes), config.server.max_body_bytes)
     chat = validate_chat(body)
     target = resolve_target(config, chat.model, key, request.headers)
     prompt_tokens = count_messages(body["messages"])
     bound = chat.max_output_tokens or config.server.estimate_output_tokens
     estimates = {p.name: estimate_cost(p, prompt_tokens, bound, chat.n) for p in target.providers}
-    spent = await state.store.spent(key.name) if key is not None and key.budget_usd is not None else 0.0
+    account = budget_account(key) if key is not None else None
+    spent, unmetered = await _admit(state, key, account, prompt_tokens + bound * chat.n)
     fits = eligible(target.providers, estimates, cost_cap(key, request.headers, spent))
     routing_s = 0.0
     policy = "named"
@@ -119,14 +130,46 @@ async def plan_request(state: GatewayState, request: Request) -> Plan:
         state.metrics.routing.observe(routing_s)
         state.metrics.decisions.labels(fits[0].name, policy).inc()
     return Plan(chat, key, fits[: config.server.max_attempts], estimates, prompt_tokens, policy, routing_s,
-                started)
+                started, account, unmetered)
+
+
+async def _admit(state: GatewayState, key: KeyConfig | None, account: str | None, tokens: int) -> tuple[float, bool]:
+    """Rate limits and the spend so far. Returns (spent, unmetered)."""
+    if key is None or account is None:
+        return 0.0, False
+    try:
+        if key.rpm is not None and not await state.store_op("rpm", state.store.hit(f"rpm:{key.name}", 1, key.rpm, 60)):
+            raise RateLimited(f"key {key.name!r} is limited to {key.rpm} requests per minute")
+        if key.tpm is not None and not await state.store_op(
+            "tpm", state.store.hit(f"tpm:{key.name}", tokens, key.tpm, 60)
+        ):
+            raise RateLimited(f"key {key.name!r} is limited to {key.tpm} tokens per minute "
+                              f"(this request is estimated at {tokens})", code="tokens_rate_limit_exceeded")
+        spent = await state.store_op("spent", state.store.spent(account)) if key.budget_usd is not None else 0.0
+        return spent, False
+    except StoreUnavailable:
+        if not state.fail_open:
+            raise
+        log.warning("store unreachable: serving key %s unmetered (store_failure: open)", key.name)
+        return 0.0, True
 
 
 async def _reserve(state: GatewayState, plan: Plan, provider: ProviderConfig) -> Reservation | None:
-    key = plan.key
-    if key is None:
+    key, account = plan.key, plan.account
+    if key is None or account is None:
         return None
-    res = await state.store.reserve(key.name, plan.estimates[provider.name], key.budget_usd, RESERVATION_TTL_S)
+    amount = plan.estimates[provider.name]
+    if not plan.unmetered:
+        try:
+            res = await state.store_op("reserve", state.store.reserve(account, amount, key.budget_usd,
+                                                                      RESERVATION_TTL_S))
+        except StoreUnavailable:
+            if not state.fail_open:
+                raise
+            plan.unmetered = True
+    if plan.unmetered:
+        # Not held anywhere; its settlement is queued until the store is back, so spend is not lost.
+        return Reservation(account, uuid.uuid4().hex, amount)
     if res is None:
         raise BudgetExceeded(
             f"key {key.name!r} has too little budget left for ${plan.estimates[provider.name]:.6f} "
@@ -136,9 +179,15 @@ async def _reserve(state: GatewayState, plan: Plan, provider: ProviderConfig) ->
 
 
 async def _settle(state: GatewayState, res: Reservation | None, actual: float) -> None:
-    if res is not None:
-        with anyio.CancelScope(shield=True):  # a disconnect must not lose the settlement
+    if res is None:
+        return
+    with anyio.CancelScope(shield=True):  # a disconnect must not lose the settlement
+        try:
             await state.store.settle(res, actual)
+        except Exception as exc:  # unreachable store: retried until it lands (settle is idempotent)
+            state.metrics.errors.labels("store_unavailable").inc()
+            log.error("settlement of %s queued, store unreachable: %s", res.account, type(exc).__name__)
+            state.settlements.add(res, actual)
 
 
 def _usage_cost(provider: ProviderConfig, usage: Any) -> tuple[float, int, int] | None:
@@ -213,9 +262,15 @@ async def complete(state: GatewayState, plan: Plan) -> Response:
         _account(state, provider, priced, actual)
         headers = _headers(state, plan, provider, upstream_s)
         headers["x-cscr-cost-usd"] = f"{actual:.8f}"
-        if plan.key is not None and plan.key.budget_usd is not None:
-            left_usd = plan.key.budget_usd - await state.store.spent(plan.key.name)
-            headers["x-cscr-budget-remaining-usd"] = f"{left_usd:.8f}"
+        headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
+        if plan.key is not None and plan.key.budget_usd is not None and plan.account and not plan.unmetered:
+            try:
+                left_usd = plan.key.budget_usd - await state.store.spent(plan.account)
+                headers["x-cscr-budget-remaining-usd"] = f"{left_usd:.8f}"
+            except Exception:  # the answer is already paid for; a missing header is the lesser harm
+                log.warning("could not read the remaining budget for %s", plan.account)
+        if plan.unmetered:
+            headers["x-cscr-unmetered"] = "store unreachable"
         return Response(json.dumps(payload).encode(), 200, headers, media_type="application/json")
     raise _all_failed(plan, failures)
 

@@ -1,22 +1,37 @@
 """Shared state behind one small async interface; the backend is picked by URL.
 
-``memory://`` keeps everything in this process (one replica). Spend is tracked as settled spend
-plus open reservations: a request reserves its estimated cost before the provider call (so
-concurrent requests cannot overspend) and settles to the actual cost after it. Reservations carry
-a TTL so a crashed request cannot hold money forever; until they expire they count in full.
+- ``memory://``: this process only (one replica; the default).
+- ``redis://host:port/db`` (or ``rediss://``): shared by every replica. Read-modify-write happens
+  in short Lua scripts, so many replicas admit against one truth.
+
+Money is held as integer nano-dollars so sums never drift. Spend per account is settled spend plus
+live reservations: a request reserves its estimated cost before the provider call (so concurrent
+requests cannot overspend) and settles to the actual cost after it. Reservations carry a TTL, so a
+crashed replica cannot hold money forever; until they expire they count in full. Settling is
+idempotent per reservation, so a settlement retried after a store outage is never counted twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+NANO = 1_000_000_000
+ACCOUNT_TTL_S = 40 * 86400  # an account (key + budget period) is forgotten 40 days after its last use
+
+
+def to_nano(usd: float) -> int:
+    return int(round(usd * NANO))
 
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    key: str
+    account: str
     id: str
     amount: float
 
@@ -24,14 +39,25 @@ class Reservation:
 class Store(Protocol):
     url: str
 
-    async def reserve(self, key: str, amount: float, limit: float | None, ttl_s: float) -> Reservation | None:
-        """Hold ``amount`` against ``key``; None when spent + held + amount would exceed ``limit``."""
+    async def reserve(self, account: str, amount: float, limit: float | None, ttl_s: float) -> Reservation | None:
+        """Hold ``amount`` USD on ``account``; None when spent + held + amount would exceed ``limit``."""
 
     async def settle(self, reservation: Reservation, actual: float) -> None:
-        """Drop the hold and record ``actual`` as spent (idempotent per reservation)."""
+        """Drop the hold and record ``actual`` USD as spent (idempotent per reservation)."""
 
-    async def spent(self, key: str) -> float:
-        """Settled spend plus live reservations."""
+    async def spent(self, account: str) -> float:
+        """Settled spend plus live reservations, in USD."""
+
+    async def hit(self, counter: str, amount: int, limit: int, window_s: int) -> bool:
+        """Fixed-window rate limit: add ``amount``; False (and nothing added) if it would pass ``limit``."""
+
+    async def get_doc(self, kind: str, name: str) -> dict[str, Any] | None: ...
+
+    async def put_doc(self, kind: str, name: str, doc: dict[str, Any]) -> None: ...
+
+    async def delete_doc(self, kind: str, name: str) -> bool: ...
+
+    async def list_docs(self, kind: str) -> dict[str, dict[str, Any]]: ...
 
     async def ping(self) -> None:
         """Raise if the backend cannot be reached."""
@@ -40,46 +66,73 @@ class Store(Protocol):
 
 
 @dataclass
-class _KeyState:
-    settled: float = 0.0
-    held: dict[str, tuple[float, float]] = field(default_factory=dict)  # id -> (amount, expires_at)
-    done: set[str] = field(default_factory=set)  # settled reservation ids (settle is idempotent)
+class _Account:
+    settled: int = 0
+    held: dict[str, tuple[int, float]] = field(default_factory=dict)  # id -> (nano, expires_at)
+    done: set[str] = field(default_factory=set)
 
-    def live(self, now: float) -> float:
+    def live(self, now: float) -> int:
         for rid in [r for r, (_, exp) in self.held.items() if exp <= now]:
             del self.held[rid]
         return self.settled + sum(a for a, _ in self.held.values())
 
 
 class MemoryStore:
-    """One process; every method runs without awaiting, so each is atomic on the event loop."""
+    """One process. No method awaits before it has finished its update, so each is atomic on the loop."""
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
-        self._keys: dict[str, _KeyState] = {}
+        self._accounts: dict[str, _Account] = {}
+        self._windows: dict[str, tuple[int, int]] = {}  # counter -> (window number, used)
+        self._docs: dict[str, dict[str, dict[str, Any]]] = {}
         self._ids = itertools.count(1)
 
-    async def reserve(self, key: str, amount: float, limit: float | None, ttl_s: float) -> Reservation | None:
+    async def reserve(self, account: str, amount: float, limit: float | None, ttl_s: float) -> Reservation | None:
         now = time.monotonic()
-        state = self._keys.setdefault(key, _KeyState())
-        if limit is not None and state.live(now) + amount > limit + 1e-12:
+        state = self._accounts.setdefault(account, _Account())
+        nano = to_nano(amount)
+        if limit is not None and state.live(now) + nano > to_nano(limit):
             return None
         rid = str(next(self._ids))
-        state.held[rid] = (amount, now + ttl_s)
-        return Reservation(key, rid, amount)
+        state.held[rid] = (nano, now + ttl_s)
+        return Reservation(account, rid, amount)
 
     async def settle(self, reservation: Reservation, actual: float) -> None:
-        state = self._keys.setdefault(reservation.key, _KeyState())
+        state = self._accounts.setdefault(reservation.account, _Account())
         if reservation.id in state.done:
             return
         state.done.add(reservation.id)
         # An expired hold is gone already; the money was still spent, so it is recorded all the same.
         state.held.pop(reservation.id, None)
-        state.settled += actual
+        state.settled += to_nano(actual)
 
-    async def spent(self, key: str) -> float:
-        state = self._keys.get(key)
-        return 0.0 if state is None else state.live(time.monotonic())
+    async def spent(self, account: str) -> float:
+        state = self._accounts.get(account)
+        return 0.0 if state is None else state.live(time.monotonic()) / NANO
+
+    async def hit(self, counter: str, amount: int, limit: int, window_s: int) -> bool:
+        window = int(time.time() // window_s)
+        current, used = self._windows.get(counter, (window, 0))
+        if current != window:
+            used = 0
+        if used + amount > limit:
+            return False
+        self._windows[counter] = (window, used + amount)
+        return True
+
+    async def get_doc(self, kind: str, name: str) -> dict[str, Any] | None:
+        doc = self._docs.get(kind, {}).get(name)
+        return None if doc is None else json.loads(json.dumps(doc))
+
+    async def put_doc(self, kind: str, name: str, doc: dict[str, Any]) -> None:
+        self._docs.setdefault(kind, {})[name] = json.loads(json.dumps(doc))
+
+    async def delete_doc(self, kind: str, name: str) -> bool:
+        return self._docs.get(kind, {}).pop(name, None) is not None
+
+    async def list_docs(self, kind: str) -> dict[str, dict[str, Any]]:
+        docs: dict[str, dict[str, Any]] = json.loads(json.dumps(self._docs.get(kind, {})))
+        return docs
 
     async def ping(self) -> None:
         return None
@@ -88,8 +141,167 @@ class MemoryStore:
         return None
 
 
+# KEYS: settled (int string), holds (zset id -> expiry, server time), amounts (hash id -> nano)
+# ARGV: amount, limit (-1 = none), ttl_s, id, account ttl
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, rid in ipairs(expired) do
+  redis.call('HDEL', KEYS[3], rid)
+end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
+local held = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[3])) do held = held + tonumber(v) end
+local settled = tonumber(redis.call('GET', KEYS[1]) or '0')
+local amount = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+if limit >= 0 and settled + held + amount > limit then return 0 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[4], amount)
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+return 1
+"""
+
+# KEYS: settled, holds, amounts, done (set of settled ids). ARGV: id, actual nano, account ttl
+_SETTLE = """
+if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('INCRBY', KEYS[1], ARGV[2])
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+return 1
+"""
+
+# KEYS: settled, holds, amounts. Live spend = settled + unexpired holds.
+_SPENT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local held = 0
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')
+for _, rid in ipairs(live) do held = held + tonumber(redis.call('HGET', KEYS[3], rid) or '0') end
+return tonumber(redis.call('GET', KEYS[1]) or '0') + held
+"""
+
+# KEYS: counter (suffixed with the window number). ARGV: amount, limit, window_s
+_HIT = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return 0 end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3] * 2)
+return 1
+"""
+
+
+class RedisStore:
+    """Shared by replicas. Every read-modify-write is one Lua script (atomic on the server)."""
+
+    def __init__(self, url: str, prefix: str = "cscr:") -> None:
+        import redis.asyncio as aioredis  # imported when a redis:// store is opened, not before
+
+        self.url = url
+        self._prefix = prefix
+        self._redis = aioredis.from_url(url, decode_responses=True, socket_timeout=2.0,
+                                        socket_connect_timeout=2.0, health_check_interval=10)
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._settle = self._redis.register_script(_SETTLE)
+        self._spent = self._redis.register_script(_SPENT)
+        self._hit = self._redis.register_script(_HIT)
+
+    def _account_keys(self, account: str) -> list[str]:
+        # {account} is a hash tag: one account's keys live in one Redis Cluster slot.
+        base = f"{self._prefix}acct:{{{account}}}"
+        return [f"{base}:settled", f"{base}:holds", f"{base}:amounts", f"{base}:done"]
+
+    async def reserve(self, account: str, amount: float, limit: float | None, ttl_s: float) -> Reservation | None:
+        rid = uuid.uuid4().hex
+        ok = await self._reserve(
+            keys=self._account_keys(account)[:3],
+            args=[to_nano(amount), -1 if limit is None else to_nano(limit), ttl_s, rid, ACCOUNT_TTL_S],
+        )
+        return Reservation(account, rid, amount) if int(ok) == 1 else None
+
+    async def settle(self, reservation: Reservation, actual: float) -> None:
+        await self._settle(keys=self._account_keys(reservation.account),
+                           args=[reservation.id, to_nano(actual), ACCOUNT_TTL_S])
+
+    async def spent(self, account: str) -> float:
+        return int(await self._spent(keys=self._account_keys(account)[:3])) / NANO
+
+    async def hit(self, counter: str, amount: int, limit: int, window_s: int) -> bool:
+        window = int(time.time() // window_s)
+        ok = await self._hit(keys=[f"{self._prefix}rate:{counter}:{window}"], args=[amount, limit, window_s])
+        return int(ok) == 1
+
+    async def get_doc(self, kind: str, name: str) -> dict[str, Any] | None:
+        raw = await self._redis.hget(f"{self._prefix}docs:{kind}", name)
+        if raw is None:
+            return None
+        doc: dict[str, Any] = json.loads(raw)
+        return doc
+
+    async def put_doc(self, kind: str, name: str, doc: dict[str, Any]) -> None:
+        await self._redis.hset(f"{self._prefix}docs:{kind}", name, json.dumps(doc))
+
+    async def delete_doc(self, kind: str, name: str) -> bool:
+        return int(await self._redis.hdel(f"{self._prefix}docs:{kind}", name)) == 1
+
+    async def list_docs(self, kind: str) -> dict[str, dict[str, Any]]:
+        raw = await self._redis.hgetall(f"{self._prefix}docs:{kind}")
+        return {str(k): json.loads(v) for k, v in raw.items()}
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+class SettlementQueue:
+    """Settlements that failed because the store was unreachable, retried until they land.
+
+    Settling is idempotent, so a retry after a timeout whose first attempt did reach Redis is
+    harmless; nothing is lost while this process lives (a crash loses the queue, and the
+    reservation then expires after its TTL — spend is under-counted, never double-counted)."""
+
+    def __init__(self, store: Store, retry_s: float = 1.0) -> None:
+        self._store = store
+        self._pending: list[tuple[Reservation, float]] = []
+        self._retry_s = retry_s
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def add(self, reservation: Reservation, actual: float) -> None:
+        self._pending.append((reservation, actual))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self._retry_s)
+            still: list[tuple[Reservation, float]] = []
+            for res, actual in self._pending:
+                try:
+                    await self._store.settle(res, actual)
+                except Exception:  # still unreachable: keep it for the next round
+                    still.append((res, actual))
+            self._pending = still
+
+    async def flush(self, timeout_s: float) -> None:
+        if self._task is not None and not self._task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                pass
+
+
 def open_store(url: str) -> Store:
-    """The backend for ``url``. Only ``memory://`` exists so far; ``redis://`` is refused loudly."""
+    """The backend for ``url``: ``memory://`` or ``redis://`` / ``rediss://``."""
     if url.startswith("memory://"):
         return MemoryStore(url)
-    raise NotImplementedError(f"store {url!r}: only memory:// is implemented in this version")
+    if url.startswith(("redis://", "rediss://")):
+        return RedisStore(url)
+    raise ValueError(f"unknown store URL {url!r}: use memory:// or redis://")

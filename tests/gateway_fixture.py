@@ -22,6 +22,7 @@ def start_gateway(raw_config: dict[str, Any], router: RoutingPolicy | None = Non
     config = parse_config(raw_config, "test-config.yaml", env or {})
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(create_app(config, router), log_level="warning",
                                            timeout_graceful_shutdown=1))

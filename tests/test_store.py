@@ -1,16 +1,34 @@
-"""The store contract: reservations are atomic, counted until settled or expired, settled once."""
+"""One contract for every store backend, Redis for real (a redis-server of the tests' own)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
-from gateway.store import MemoryStore, open_store
+from gateway.store import MemoryStore, RedisStore, SettlementQueue, Store, open_store
+from tests.redis_fixture import RedisServer, redis_server
 
 
-async def test_reserve_respects_limit_and_settles_once() -> None:
-    store = MemoryStore()
+@pytest.fixture(scope="module")
+def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as srv:
+        yield srv
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, redis_srv: RedisServer) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        s: Store = MemoryStore()
+    else:
+        s = RedisStore(redis_srv.url, prefix=f"t{id(request)}:")
+    yield s
+    await s.aclose()
+
+
+async def test_reserve_respects_limit_and_settles_once(store: Store) -> None:
     a = await store.reserve("k", 0.6, 1.0, ttl_s=60)
     assert a is not None
     assert await store.reserve("k", 0.6, 1.0, ttl_s=60) is None  # 0.6 held + 0.6 > 1.0
@@ -19,25 +37,72 @@ async def test_reserve_respects_limit_and_settles_once() -> None:
     await store.settle(a, 0.25)  # idempotent
     assert await store.spent("k") == pytest.approx(0.25)
     assert await store.reserve("k", 0.7, 1.0, ttl_s=60) is not None
+    assert await store.reserve("other", 5.0, None, ttl_s=60) is not None  # no limit
 
 
-async def test_concurrent_reservations_never_exceed_the_limit() -> None:
-    store = MemoryStore()
-    results = await asyncio.gather(*(store.reserve("k", 0.1, 1.0, ttl_s=60) for _ in range(50)))
+async def test_concurrent_reservations_never_exceed_the_limit(store: Store) -> None:
+    results = await asyncio.gather(*(store.reserve("c", 0.1, 1.0, ttl_s=60) for _ in range(50)))
     assert sum(r is not None for r in results) == 10
+    assert await store.spent("c") == pytest.approx(1.0)
 
 
-async def test_expired_holds_free_the_budget_but_settlement_still_counts() -> None:
-    store = MemoryStore()
-    r = await store.reserve("k", 1.0, 1.0, ttl_s=0.01)
+async def test_tiny_amounts_do_not_drift(store: Store) -> None:
+    for _ in range(1000 if isinstance(store, MemoryStore) else 200):
+        r = await store.reserve("d", 0.0000001, None, ttl_s=60)
+        assert r is not None
+        await store.settle(r, 0.0000001)
+    n = 1000 if isinstance(store, MemoryStore) else 200
+    assert await store.spent("d") == pytest.approx(n * 0.0000001, rel=1e-9)
+
+
+async def test_expired_holds_free_the_budget_but_settlement_still_counts(store: Store) -> None:
+    r = await store.reserve("e", 1.0, 1.0, ttl_s=0.05)
     assert r is not None
-    await asyncio.sleep(0.03)
-    assert await store.spent("k") == 0.0
+    await asyncio.sleep(0.15)
+    assert await store.spent("e") == 0.0
     await store.settle(r, 0.4)  # the call finished late: its real cost is still recorded
-    assert await store.spent("k") == pytest.approx(0.4)
+    assert await store.spent("e") == pytest.approx(0.4)
 
 
-def test_unknown_backend_is_refused() -> None:
+async def test_rate_windows(store: Store) -> None:
+    assert await store.hit("rpm:k", 1, 2, 60)
+    assert await store.hit("rpm:k", 1, 2, 60)
+    assert not await store.hit("rpm:k", 1, 2, 60)
+    assert not await store.hit("tpm:k", 500, 100, 60)
+
+
+async def test_documents(store: Store) -> None:
+    await store.put_doc("keys", "a", {"budget": 1.5, "tags": ["x"]})
+    assert await store.get_doc("keys", "a") == {"budget": 1.5, "tags": ["x"]}
+    assert await store.list_docs("keys") == {"a": {"budget": 1.5, "tags": ["x"]}}
+    assert await store.delete_doc("keys", "a") and not await store.delete_doc("keys", "a")
+    assert await store.get_doc("keys", "a") is None
+
+
+async def test_redis_outage_then_recovery_settles_exactly_once(tmp_path: Path) -> None:
+    srv = RedisServer(tmp_path)
+    srv.start()
+    store = RedisStore(srv.url)
+    try:
+        r = await store.reserve("o", 0.5, 10.0, ttl_s=60)
+        assert r is not None
+        srv.stop()
+        with pytest.raises(Exception):  # noqa: B017 - redis raises its ConnectionError family
+            await store.settle(r, 0.3)
+        queue = SettlementQueue(store, retry_s=0.1)
+        queue.add(r, 0.3)
+        queue.add(r, 0.3)  # the same settlement twice must still count once
+        srv.start()  # same port: Redis is back (empty: it kept nothing on disk)
+        await queue.flush(timeout_s=10)
+        assert queue.pending == 0
+        assert await store.spent("o") == pytest.approx(0.3)
+    finally:
+        await store.aclose()
+        srv.stop()
+
+
+def test_open_store_by_url() -> None:
     assert isinstance(open_store("memory://"), MemoryStore)
-    with pytest.raises(NotImplementedError):
-        open_store("redis://127.0.0.1:6379/0")
+    assert isinstance(open_store("redis://127.0.0.1:1/0"), RedisStore)
+    with pytest.raises(ValueError):
+        open_store("postgres://x")
