@@ -92,13 +92,12 @@ def resolve_target(
     return Target(False, max(header_tradeoff or 0.0, floor), (provider,))
 
 
-def cost_cap(key: KeyConfig | None, headers: Mapping[str, str], spent: float) -> float | None:
-    """The most one request may cost: min(header cap, key's per-request cap, key's remaining budget)."""
+def cost_cap(key: KeyConfig | None, headers: Mapping[str, str]) -> float | None:
+    """The most one request may cost: min(header cap, key's per-request cap, key's whole budget).
+    What is left of the budget is checked atomically when the estimate is reserved."""
     caps = [_header_float(headers, MAX_COST_HEADER, 0.0, math.inf)]
     if key is not None:
-        caps.append(key.max_cost_per_request_usd)
-        if key.budget_usd is not None:
-            caps.append(max(key.budget_usd - spent, 0.0))
+        caps += [key.max_cost_per_request_usd, key.budget_usd]
     present = [c for c in caps if c is not None]
     return min(present) if present else None
 

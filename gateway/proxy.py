@@ -111,8 +111,9 @@ async def plan_request(state: GatewayState, request: Request) -> Plan:
     bound = chat.max_output_tokens or config.server.estimate_output_tokens
     estimates = {p.name: estimate_cost(p, prompt_tokens, bound, chat.n) for p in target.providers}
     account = budget_account(key) if key is not None else None
-    spent, unmetered = await _admit(state, key, account, prompt_tokens + bound * chat.n)
-    fits = eligible(target.providers, estimates, cost_cap(key, request.headers, spent))
+    unmetered = await _admit(state, key, account, prompt_tokens + bound * chat.n)
+    # What is left of the key's budget is enforced when the estimate is reserved (one round trip).
+    fits = eligible(target.providers, estimates, cost_cap(key, request.headers))
     routing_s = 0.0
     policy = "named"
     if target.routed:
@@ -129,14 +130,13 @@ async def plan_request(state: GatewayState, request: Request) -> Plan:
         policy = ranking.policy
         state.metrics.routing.observe(routing_s)
         state.metrics.decisions.labels(fits[0].name, policy).inc()
-    return Plan(chat, key, fits[: config.server.max_attempts], estimates, prompt_tokens, policy, routing_s,
-                started, account, unmetered)
+    return Plan(chat, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered)
 
 
-async def _admit(state: GatewayState, key: KeyConfig | None, account: str | None, tokens: int) -> tuple[float, bool]:
-    """Rate limits and the spend so far. Returns (spent, unmetered)."""
-    if key is None or account is None:
-        return 0.0, False
+async def _admit(state: GatewayState, key: KeyConfig | None, account: str | None, tokens: int) -> bool:
+    """The key's rate limits. Returns True when the store is unreachable and we serve unmetered."""
+    if key is None or account is None or (key.rpm is None and key.tpm is None):
+        return False
     try:
         if key.rpm is not None and not await state.store_op("rpm", state.store.hit(f"rpm:{key.name}", 1, key.rpm, 60)):
             raise RateLimited(f"key {key.name!r} is limited to {key.rpm} requests per minute")
@@ -145,49 +145,82 @@ async def _admit(state: GatewayState, key: KeyConfig | None, account: str | None
         ):
             raise RateLimited(f"key {key.name!r} is limited to {key.tpm} tokens per minute "
                               f"(this request is estimated at {tokens})", code="tokens_rate_limit_exceeded")
-        spent = await state.store_op("spent", state.store.spent(account)) if key.budget_usd is not None else 0.0
-        return spent, False
+        return False
     except StoreUnavailable:
         if not state.fail_open:
             raise
         log.warning("store unreachable: serving key %s unmetered (store_failure: open)", key.name)
-        return 0.0, True
+        return True
 
 
-async def _reserve(state: GatewayState, plan: Plan, provider: ProviderConfig) -> Reservation | None:
+async def _reserve(state: GatewayState, plan: Plan, provider: ProviderConfig) -> tuple[Reservation | None, float]:
+    """Hold the provider's estimate on the key's account: (reservation, live spend before it).
+    The reservation is None when there is nothing to hold (no key) or the budget refuses it."""
     key, account = plan.key, plan.account
     if key is None or account is None:
-        return None
+        return None, 0.0
     amount = plan.estimates[provider.name]
     if not plan.unmetered:
         try:
-            res = await state.store_op("reserve", state.store.reserve(account, amount, key.budget_usd,
-                                                                      RESERVATION_TTL_S))
+            reserved: tuple[Reservation | None, float] = await state.store_op(
+                "reserve", state.store.reserve(account, amount, key.budget_usd, RESERVATION_TTL_S)
+            )
+            return reserved
         except StoreUnavailable:
             if not state.fail_open:
                 raise
             plan.unmetered = True
-    if plan.unmetered:
-        # Not held anywhere; its settlement is queued until the store is back, so spend is not lost.
-        return Reservation(account, uuid.uuid4().hex, amount)
-    if res is None:
+    # Not held anywhere; its settlement is queued until the store is back, so spend is not lost.
+    return Reservation(account, uuid.uuid4().hex, amount), 0.0
+
+
+async def _attempts(state: GatewayState, plan: Plan) -> AsyncIterator[tuple[ProviderConfig, Reservation | None, float]]:
+    """The providers to try, in ranking order, each with its reservation and the time left.
+    A provider whose estimate the remaining budget cannot cover is skipped (not an attempt); at
+    most ``server.max_attempts`` are tried."""
+    key = plan.key
+    attempts = 0
+    remaining: float | None = None  # learnt from a refused reservation
+    skipped: list[str] = []
+    for provider in plan.order:
+        if attempts >= state.config.server.max_attempts:
+            return
+        estimate = plan.estimates[provider.name]
+        if remaining is not None and estimate > remaining:
+            skipped.append(provider.name)
+            continue
+        left = _deadline_left(state, plan)
+        res, live = await _reserve(state, plan, provider)
+        if res is None and key is not None and key.budget_usd is not None:
+            remaining = max(key.budget_usd - live, 0.0)
+            skipped.append(provider.name)
+            continue
+        attempts += 1
+        plan.tried.append(provider.name)
+        yield provider, res, left
+    if attempts == 0 and key is not None:
+        cheapest = min(plan.estimates[n] for n in skipped)
         raise BudgetExceeded(
-            f"key {key.name!r} has too little budget left for ${plan.estimates[provider.name]:.6f} "
-            f"(budget ${key.budget_usd})"
+            f"key {key.name!r} has ${remaining or 0.0:.6f} left of its ${key.budget_usd} "
+            f"{'' if key.budget_period == 'none' else key.budget_period + ' '}budget; the cheapest allowed "
+            f"provider is estimated at ${cheapest:.6f}"
         )
-    return res
 
 
-async def _settle(state: GatewayState, res: Reservation | None, actual: float) -> None:
+async def _settle(state: GatewayState, res: Reservation | None, actual: float) -> float | None:
+    """Record the actual cost; returns the account's live spend afterwards (None if unknown)."""
     if res is None:
-        return
+        return None
     with anyio.CancelScope(shield=True):  # a disconnect must not lose the settlement
         try:
-            await state.store.settle(res, actual)
+            live: float = await state.store.settle(res, actual)
+            return live
         except Exception as exc:  # unreachable store: retried until it lands (settle is idempotent)
             state.metrics.errors.labels("store_unavailable").inc()
             log.error("settlement of %s queued, store unreachable: %s", res.account, type(exc).__name__)
             state.settlements.add(res, actual)
+            return None
+    return None  # unreachable: the scope only shields, it swallows nothing
 
 
 def _usage_cost(provider: ProviderConfig, usage: Any) -> tuple[float, int, int] | None:
@@ -234,10 +267,7 @@ def _all_failed(plan: Plan, failures: list[str]) -> GatewayError:
 
 async def complete(state: GatewayState, plan: Plan) -> Response:
     failures: list[str] = []
-    for provider in plan.order:
-        left = _deadline_left(state, plan)
-        res = await _reserve(state, plan, provider)
-        plan.tried.append(provider.name)
+    async for provider, res, left in _attempts(state, plan):
         t = time.perf_counter()
         try:
             transport = state.forwarder.for_provider(provider)
@@ -258,17 +288,13 @@ async def complete(state: GatewayState, plan: Plan) -> Response:
         state.metrics.upstream.labels(provider.name).observe(upstream_s)
         priced = _usage_cost(provider, payload.get("usage"))
         actual = priced[0] if priced else plan.estimates[provider.name]  # no usage: bill the estimate
-        await _settle(state, res, actual)
+        live = await _settle(state, res, actual)
         _account(state, provider, priced, actual)
         headers = _headers(state, plan, provider, upstream_s)
         headers["x-cscr-cost-usd"] = f"{actual:.8f}"
         headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
-        if plan.key is not None and plan.key.budget_usd is not None and plan.account and not plan.unmetered:
-            try:
-                left_usd = plan.key.budget_usd - await state.store.spent(plan.account)
-                headers["x-cscr-budget-remaining-usd"] = f"{left_usd:.8f}"
-            except Exception:  # the answer is already paid for; a missing header is the lesser harm
-                log.warning("could not read the remaining budget for %s", plan.account)
+        if plan.key is not None and plan.key.budget_usd is not None and live is not None and not plan.unmetered:
+            headers["x-cscr-budget-remaining-usd"] = f"{plan.key.budget_usd - live:.8f}"
         if plan.unmetered:
             headers["x-cscr-unmetered"] = "store unreachable"
         return Response(json.dumps(payload).encode(), 200, headers, media_type="application/json")
@@ -294,10 +320,7 @@ async def stream(state: GatewayState, plan: Plan) -> Response:
     body = {**plan.request.body, "stream_options": {**(plan.request.body.get("stream_options") or {}),
                                                      "include_usage": True}}
     failures: list[str] = []
-    for provider in plan.order:
-        left = _deadline_left(state, plan)
-        res = await _reserve(state, plan, provider)
-        plan.tried.append(provider.name)
+    async for provider, res, left in _attempts(state, plan):
         t = time.perf_counter()
         chunks = state.forwarder.for_provider(provider).stream(provider, body)  # an async generator
         try:
@@ -323,6 +346,7 @@ async def stream(state: GatewayState, plan: Plan) -> Response:
             ) from None
         upstream_s = time.perf_counter() - t
         headers = _headers(state, plan, provider, upstream_s)
+        headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
         relay = _relay(state, plan, provider, res, first, chunks)
         return StreamingResponse(relay, 200, headers, media_type="text/event-stream")
     raise _all_failed(plan, failures)

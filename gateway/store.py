@@ -39,11 +39,15 @@ class Reservation:
 class Store(Protocol):
     url: str
 
-    async def reserve(self, account: str, amount: float, limit: float | None, ttl_s: float) -> Reservation | None:
-        """Hold ``amount`` USD on ``account``; None when spent + held + amount would exceed ``limit``."""
+    async def reserve(
+        self, account: str, amount: float, limit: float | None, ttl_s: float
+    ) -> tuple[Reservation | None, float]:
+        """Hold ``amount`` USD on ``account`` unless spent + held + amount would exceed ``limit``.
+        Returns (the reservation or None, the account's live spend before it) in one round trip."""
 
-    async def settle(self, reservation: Reservation, actual: float) -> None:
-        """Drop the hold and record ``actual`` USD as spent (idempotent per reservation)."""
+    async def settle(self, reservation: Reservation, actual: float) -> float:
+        """Drop the hold and record ``actual`` USD as spent (idempotent per reservation).
+        Returns the account's live spend afterwards."""
 
     async def spent(self, account: str) -> float:
         """Settled spend plus live reservations, in USD."""
@@ -87,24 +91,27 @@ class MemoryStore:
         self._docs: dict[str, dict[str, dict[str, Any]]] = {}
         self._ids = itertools.count(1)
 
-    async def reserve(self, account: str, amount: float, limit: float | None, ttl_s: float) -> Reservation | None:
+    async def reserve(
+        self, account: str, amount: float, limit: float | None, ttl_s: float
+    ) -> tuple[Reservation | None, float]:
         now = time.monotonic()
         state = self._accounts.setdefault(account, _Account())
         nano = to_nano(amount)
-        if limit is not None and state.live(now) + nano > to_nano(limit):
-            return None
+        live = state.live(now)
+        if limit is not None and live + nano > to_nano(limit):
+            return None, live / NANO
         rid = str(next(self._ids))
         state.held[rid] = (nano, now + ttl_s)
-        return Reservation(account, rid, amount)
+        return Reservation(account, rid, amount), live / NANO
 
-    async def settle(self, reservation: Reservation, actual: float) -> None:
+    async def settle(self, reservation: Reservation, actual: float) -> float:
         state = self._accounts.setdefault(reservation.account, _Account())
-        if reservation.id in state.done:
-            return
-        state.done.add(reservation.id)
-        # An expired hold is gone already; the money was still spent, so it is recorded all the same.
-        state.held.pop(reservation.id, None)
-        state.settled += to_nano(actual)
+        if reservation.id not in state.done:
+            state.done.add(reservation.id)
+            # An expired hold is gone already; the money was still spent, so it is recorded all the same.
+            state.held.pop(reservation.id, None)
+            state.settled += to_nano(actual)
+        return state.live(time.monotonic()) / NANO
 
     async def spent(self, account: str) -> float:
         state = self._accounts.get(account)
@@ -156,21 +163,29 @@ for _, v in ipairs(redis.call('HVALS', KEYS[3])) do held = held + tonumber(v) en
 local settled = tonumber(redis.call('GET', KEYS[1]) or '0')
 local amount = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
-if limit >= 0 and settled + held + amount > limit then return 0 end
+if limit >= 0 and settled + held + amount > limit then return {0, settled + held} end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
 redis.call('HSET', KEYS[3], ARGV[4], amount)
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
-return 1
+return {1, settled + held}
 """
 
-# KEYS: settled, holds, amounts, done (set of settled ids). ARGV: id, actual nano, account ttl
+# KEYS: settled, holds, amounts, done (set of settled ids). ARGV: id, actual nano, account ttl.
+# Returns the live spend afterwards (settled + unexpired holds).
 _SETTLE = """
-if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('INCRBY', KEYS[1], ARGV[2])
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-return 1
+if redis.call('SADD', KEYS[4], ARGV[1]) == 1 then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('INCRBY', KEYS[1], ARGV[2])
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local held = 0
+for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')) do
+  held = held + tonumber(redis.call('HGET', KEYS[3], rid) or '0')
+end
+return tonumber(redis.call('GET', KEYS[1]) or '0') + held
 """
 
 # KEYS: settled, holds, amounts. Live spend = settled + unexpired holds.
@@ -213,17 +228,20 @@ class RedisStore:
         base = f"{self._prefix}acct:{{{account}}}"
         return [f"{base}:settled", f"{base}:holds", f"{base}:amounts", f"{base}:done"]
 
-    async def reserve(self, account: str, amount: float, limit: float | None, ttl_s: float) -> Reservation | None:
+    async def reserve(
+        self, account: str, amount: float, limit: float | None, ttl_s: float
+    ) -> tuple[Reservation | None, float]:
         rid = uuid.uuid4().hex
-        ok = await self._reserve(
+        ok, live = await self._reserve(
             keys=self._account_keys(account)[:3],
             args=[to_nano(amount), -1 if limit is None else to_nano(limit), ttl_s, rid, ACCOUNT_TTL_S],
         )
-        return Reservation(account, rid, amount) if int(ok) == 1 else None
+        return (Reservation(account, rid, amount) if int(ok) == 1 else None), int(live) / NANO
 
-    async def settle(self, reservation: Reservation, actual: float) -> None:
-        await self._settle(keys=self._account_keys(reservation.account),
-                           args=[reservation.id, to_nano(actual), ACCOUNT_TTL_S])
+    async def settle(self, reservation: Reservation, actual: float) -> float:
+        live = await self._settle(keys=self._account_keys(reservation.account),
+                                  args=[reservation.id, to_nano(actual), ACCOUNT_TTL_S])
+        return int(live) / NANO
 
     async def spent(self, account: str) -> float:
         return int(await self._spent(keys=self._account_keys(account)[:3])) / NANO

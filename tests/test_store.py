@@ -29,26 +29,27 @@ async def store(request: pytest.FixtureRequest, redis_srv: RedisServer) -> Async
 
 
 async def test_reserve_respects_limit_and_settles_once(store: Store) -> None:
-    a = await store.reserve("k", 0.6, 1.0, ttl_s=60)
-    assert a is not None
-    assert await store.reserve("k", 0.6, 1.0, ttl_s=60) is None  # 0.6 held + 0.6 > 1.0
+    a, before = await store.reserve("k", 0.6, 1.0, ttl_s=60)
+    assert a is not None and before == 0.0
+    refused, live = await store.reserve("k", 0.6, 1.0, ttl_s=60)  # 0.6 held + 0.6 > 1.0
+    assert refused is None and live == pytest.approx(0.6)
     assert await store.spent("k") == pytest.approx(0.6)
-    await store.settle(a, 0.25)
-    await store.settle(a, 0.25)  # idempotent
+    assert await store.settle(a, 0.25) == pytest.approx(0.25)
+    assert await store.settle(a, 0.25) == pytest.approx(0.25)  # idempotent
     assert await store.spent("k") == pytest.approx(0.25)
-    assert await store.reserve("k", 0.7, 1.0, ttl_s=60) is not None
-    assert await store.reserve("other", 5.0, None, ttl_s=60) is not None  # no limit
+    assert (await store.reserve("k", 0.7, 1.0, ttl_s=60))[0] is not None
+    assert (await store.reserve("other", 5.0, None, ttl_s=60))[0] is not None  # no limit
 
 
 async def test_concurrent_reservations_never_exceed_the_limit(store: Store) -> None:
     results = await asyncio.gather(*(store.reserve("c", 0.1, 1.0, ttl_s=60) for _ in range(50)))
-    assert sum(r is not None for r in results) == 10
+    assert sum(r is not None for r, _ in results) == 10
     assert await store.spent("c") == pytest.approx(1.0)
 
 
 async def test_tiny_amounts_do_not_drift(store: Store) -> None:
     for _ in range(1000 if isinstance(store, MemoryStore) else 200):
-        r = await store.reserve("d", 0.0000001, None, ttl_s=60)
+        r, _ = await store.reserve("d", 0.0000001, None, ttl_s=60)
         assert r is not None
         await store.settle(r, 0.0000001)
     n = 1000 if isinstance(store, MemoryStore) else 200
@@ -56,7 +57,7 @@ async def test_tiny_amounts_do_not_drift(store: Store) -> None:
 
 
 async def test_expired_holds_free_the_budget_but_settlement_still_counts(store: Store) -> None:
-    r = await store.reserve("e", 1.0, 1.0, ttl_s=0.05)
+    r, _ = await store.reserve("e", 1.0, 1.0, ttl_s=0.05)
     assert r is not None
     await asyncio.sleep(0.15)
     assert await store.spent("e") == 0.0
@@ -84,7 +85,7 @@ async def test_redis_outage_then_recovery_settles_exactly_once(tmp_path: Path) -
     srv.start()
     store = RedisStore(srv.url)
     try:
-        r = await store.reserve("o", 0.5, 10.0, ttl_s=60)
+        r, _ = await store.reserve("o", 0.5, 10.0, ttl_s=60)
         assert r is not None
         srv.stop()
         with pytest.raises(Exception):  # noqa: B017 - redis raises its ConnectionError family
