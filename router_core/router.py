@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -118,6 +119,12 @@ def calibrate_lam_max(similarities: np.ndarray, costs_norm: np.ndarray, quantile
     return float(max(np.quantile(np.maximum(need, 0.0), quantile), 1e-3) * 1.01)
 
 
+class TextEncoder(Protocol):
+    """What the router needs of an encoder (``encoder.Encoder`` or a test stub)."""
+
+    def encode(self, text: str) -> np.ndarray: ...
+
+
 class CSCRRouter:
     """A trained CSCR router behind the gateway's ``RoutingPolicy`` contract.
 
@@ -128,14 +135,14 @@ class CSCRRouter:
 
     name = "cscr"
 
-    def __init__(self, artifact: RouterArtifact, top_k: int | None = None) -> None:
+    def __init__(self, artifact: RouterArtifact, top_k: int | None = None, encoder: TextEncoder | None = None) -> None:
         self.artifact = artifact
         cfg = artifact.config
         if cfg.routing_text and cfg.routing_text != ROUTING_TEXT_VERSION:
             log.warning("router trained with routing text %r, serving with %r", cfg.routing_text, ROUTING_TEXT_VERSION)
         self.top_k = cfg.top_k if top_k is None else top_k
         self.lam_max = artifact.lam_max
-        self.encoder = get_encoder(cfg.encoder)
+        self.encoder: TextEncoder = get_encoder(cfg.encoder) if encoder is None else encoder
         self._weights = artifact.weights
         self.index = ExpertIndex(artifact.experts, artifact.expert_keys)
 

@@ -1,0 +1,123 @@
+"""A tiny real training run (seconds), the embedding cache, and the ``cscr train`` CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router_core import encoder as enc_mod
+from router_core.data import Benchmark, load_benchmark
+from router_core.encoder import ROUTING_TEXT_VERSION, embed_prompts, embed_texts
+from router_core.model import RouterArtifact, RouterConfig
+from router_core.paths import default_data_dir
+from router_core.router import CSCRRouter
+from router_core.train import accuracy_fingerprints, main, train_artifact
+from router_core.types import Candidate
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CSCR_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _data_dir() -> Path:
+    try:
+        path = default_data_dir()
+    except FileNotFoundError:
+        pytest.skip("shared routing data not found")
+    if not (path / "routerbench_subset" / "routerbench_subset.parquet").exists():
+        pytest.skip("RouterBench subset not found")
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_bench() -> Benchmark:
+    bench = load_benchmark("routerbench", _data_dir())
+    rng = np.random.default_rng(0)
+    tr = rng.choice(np.flatnonzero(bench.split == "train"), 300, replace=False)
+    te = rng.choice(np.flatnonzero(bench.split == "test"), 150, replace=False)
+    return bench.subset(np.sort(np.concatenate([tr, te])))
+
+
+def test_embedding_cache_never_re_embeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = ["alpha beta", "gamma delta", "alpha beta"]
+    first = embed_texts(texts, "hash")
+    assert first.shape == (3, 256) and np.allclose(np.linalg.norm(first, axis=1), 1.0)
+    np.testing.assert_array_equal(first[0], first[2])
+
+    def boom(name: str) -> None:
+        raise AssertionError("re-embedded a cached text")
+
+    monkeypatch.setattr(enc_mod, "get_encoder", boom)
+    np.testing.assert_array_equal(embed_texts(texts, "hash"), first)
+
+
+def test_fingerprints_shape_and_range() -> None:
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((50, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    quality = (rng.random((50, 4)) < 0.6).astype(float)
+    desc, cent, probe = accuracy_fingerprints(emb, quality, probe_size=40, n_clusters=5, seed=0)
+    assert desc.shape == (4, 6) and cent.shape == (5, 16) and len(probe) == 40
+    assert (desc >= 0).all() and (desc <= 1).all()
+    np.testing.assert_allclose(desc[:, -1], quality[probe].mean(axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize(("loss", "keys"), [("cscr", "descriptor"), ("infonce", "learned")])
+def test_tiny_train_and_eval(small_bench: Benchmark, loss: str, keys: str, tmp_path: Path) -> None:
+    emb = embed_prompts(small_bench.prompts, "hash", cache=False)
+    cfg = RouterConfig(
+        encoder="hash",
+        routing_text=ROUTING_TEXT_VERSION,
+        in_dim=256,
+        hidden=64,
+        out_dim=32,
+        loss=loss,
+        keys=keys,
+        epochs=3,
+        batch_size=128,
+    )
+    art = train_artifact(small_bench, emb, cfg, progress=False)
+    m = art.meta["metrics_test"]
+    assert 0.0 < m["audc"] <= 1.0 and 0.0 < m["peak"] <= 1.0
+    assert art.meta["n_train"] == 300 and art.meta["data_versions"]
+    assert len(art.meta["loss_per_epoch"]) == 3
+    # seeds fix the result
+    again = train_artifact(small_bench, emb, cfg, progress=False)
+    np.testing.assert_allclose(again.expert_keys, art.expert_keys, atol=1e-6)
+    # and the artifact serves
+    art.save(tmp_path / "art")
+    router = CSCRRouter(RouterArtifact.load(tmp_path / "art"))
+    cands = [Candidate(n, n, float(c)) for n, c in zip(art.experts, art.mean_cost, strict=True)]
+    assert sorted(router.rank(small_bench.prompts[0], cands, 0.5).names) == sorted(art.experts)
+
+
+def test_cli_writes_an_artifact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli-art"
+    rc = main(
+        [
+            "--benchmark",
+            "routerbench",
+            "--data",
+            str(_data_dir()),
+            "--out",
+            str(out),
+            "--encoder",
+            "hash",
+            "--epochs",
+            "2",
+            "--max-train",
+            "200",
+            "--hidden",
+            "32",
+            "--out-dim",
+            "16",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0 and "audc=" in capsys.readouterr().out
+    art = RouterArtifact.load(out)
+    assert art.config.encoder == "hash" and art.config.epochs == 2
+    assert art.meta["command"].startswith("cscr train") and art.meta["n_train"] == 200
