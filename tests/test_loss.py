@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from router_core.loss import band_temperatures, cost_bands, cscr_loss, infonce_loss  # noqa: E402
+from router_core.loss import band_temperatures, cost_bands, cscr_loss, infonce_loss
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
