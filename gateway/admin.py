@@ -139,6 +139,17 @@ async def _revoke(request: Request) -> Response:
     return JSONResponse({"name": key.name, "revoked": True})
 
 
+async def _reload(request: Request) -> Response:
+    state = _state(request)
+    if state.reloader is None or state.reloader.path is None:
+        raise NotFound("this gateway was not started from a config file")
+    applied = await state.reloader.reload_file()
+    status = state.reloader.status
+    body = {"applied": applied, "sha256": status.sha256[:12], "version": status.version,
+            "error": None if applied else status.last_error}
+    return JSONResponse(body, status_code=200 if applied else 422)
+
+
 def admin_routes() -> list[Route]:
     async def keys(request: Request) -> Response:
         return await _guard(request, _create if request.method == "POST" else _list)
@@ -146,7 +157,11 @@ def admin_routes() -> list[Route]:
     async def one_key(request: Request) -> Response:
         return await _guard(request, _update if request.method == "PATCH" else _revoke)
 
+    async def reload(request: Request) -> Response:
+        return await _guard(request, _reload)
+
     return [
+        Route("/admin/reload", reload, methods=["POST"]),
         Route("/admin/keys", keys, methods=["GET", "POST"]),
         Route("/admin/keys/{name}", one_key, methods=["PATCH", "DELETE"]),
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from gateway.forward import Forwarder
 from gateway.metrics import Metrics
 from gateway.policy import auto_model_names
 from gateway.proxy import GatewayState, handle_chat
+from gateway.reload import ConfigReloader
 from gateway.store import SettlementQueue, open_store
 from router_core.types import CostOnlyPolicy, RoutingPolicy
 
@@ -52,8 +53,12 @@ def _error_response(err: GatewayError, state: GatewayState | None) -> JSONRespon
     return JSONResponse(err.to_dict(), status_code=err.status)
 
 
-def create_app(config: GatewayConfig, router: RoutingPolicy | None = None) -> Starlette:
-    """Build the gateway. ``router`` overrides the one named in the config (tests, benchmarks)."""
+def create_app(
+    config: GatewayConfig, router: RoutingPolicy | None = None, config_path: str | Path | None = None,
+    config_text: str | None = None, env: Mapping[str, str] | None = None,
+) -> Starlette:
+    """Build the gateway. ``router`` overrides the one named in the config (tests, benchmarks).
+    With ``config_path`` the file is watched and reloaded live (see ``gateway.reload``)."""
     holder: dict[str, GatewayState] = {}
 
     @contextlib.asynccontextmanager
@@ -63,11 +68,14 @@ def create_app(config: GatewayConfig, router: RoutingPolicy | None = None) -> St
         state = GatewayState(config, Forwarder(), policy, store, Metrics(), SettlementQueue(store), problem)
         holder["state"] = state
         app.state.gateway = state
+        state.reloader = ConfigReloader(state, Path(config_path) if config_path else None, config_text, env)
+        await state.reloader.start()
         log.info("gateway ready: %d providers, router %s, store %s", len(config.providers), policy.name,
                  config.store)
         try:
             yield
         finally:
+            await state.reloader.stop()
             await state.settlements.flush(timeout_s=5.0)
             if state.settlements.pending:
                 log.error("%d settlements could not reach the store before shutdown", state.settlements.pending)
@@ -99,8 +107,11 @@ def create_app(config: GatewayConfig, router: RoutingPolicy | None = None) -> St
 
     async def ready(request: Request) -> Response:
         state = state_of(request)
+        status = state.reloader.status
         checks: dict[str, Any] = {
-            "config": {"ok": True, "source": state.config.source, "providers": len(state.config.providers)},
+            "config": {"ok": True, "source": state.config.source, "providers": len(state.config.providers),
+                       "sha256": status.sha256[:12], "version": status.version,
+                       "last_reload_error": status.last_error},
             "router": {"ok": state.router_problem is None, "policy": state.router.name,
                        "problem": state.router_problem},
         }

@@ -30,6 +30,7 @@ class ServerConfig:
     max_attempts: int = 3  # providers tried per request, fallbacks included
     deadline_s: float = 120.0  # overall time for one request, fallbacks included
     estimate_output_tokens: int = 512  # output bound for cost estimates when max_tokens is absent
+    reload_interval_s: float = 1.0  # how often the config file and the store's config version are checked
     store_failure: Literal["closed", "open"] = "closed"  # store unreachable: refuse to spend, or serve unmetered
     master_key_env: str | None = None  # env var holding the admin API's master key; None = no admin API
     master_key: str | None = field(default=None, repr=False)
@@ -175,6 +176,7 @@ def _server(r: _Reader | None, env: Mapping[str, str]) -> ServerConfig:
         max_attempts=r.get("max_attempts", int, d.max_attempts),
         deadline_s=r.number("deadline_s", d.deadline_s, lo=0.001),
         estimate_output_tokens=r.get("estimate_output_tokens", int, d.estimate_output_tokens),
+        reload_interval_s=r.number("reload_interval_s", d.reload_interval_s, lo=0.05),
         store_failure=failure,
         master_key_env=master_env,
         master_key=master,
@@ -310,15 +312,22 @@ def parse_config(raw: Any, source: str = "<memory>", env: Mapping[str, str] | No
     )
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Read and validate ``gateway.yaml``; raises ConfigError naming the file and field."""
-    file = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(file, "<file>", f"cannot read: {exc.strerror}") from exc
+def parse_config_text(text: str, source: str, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Validate the text of a gateway.yaml (from a file, or as published through the store)."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(file, "<yaml>", str(exc).replace("\n", " ")) from exc
-    return parse_config(raw, file, env)
+        raise ConfigError(source, "<yaml>", str(exc).replace("\n", " ")) from exc
+    return parse_config(raw, source, env)
+
+
+def read_config_text(path: str | Path) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), "<file>", f"cannot read: {exc.strerror}") from exc
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read and validate ``gateway.yaml``; raises ConfigError naming the file and field."""
+    return parse_config_text(read_config_text(path), str(path), env)

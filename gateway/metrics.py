@@ -32,6 +32,8 @@ class Metrics:
         self.spend = Counter("cscr_spend_usd", "Actual spend in USD by provider", ["provider"], registry=r)
         self.decisions = Counter("cscr_decisions", "Routing decisions (first choice)", ["provider", "policy"],
                                  registry=r)
+        self.reloads = Counter("cscr_config_reloads", "Config reloads by outcome (applied, rejected)", ["outcome"],
+                               registry=r)
         self.fallbacks = Counter("cscr_fallbacks", "Provider attempts that failed and fell back", ["provider"],
                                  registry=r)
 

@@ -52,6 +52,7 @@ class GatewayState:
     metrics: Metrics
     settlements: SettlementQueue
     router_problem: str | None = None  # why the configured router is not in use, if it is not
+    reloader: Any = None  # gateway.reload.ConfigReloader, set by the app
 
     async def store_op(self, what: str, op: Any) -> Any:
         """Await a store operation; an unreachable store becomes StoreUnavailable (and is counted)."""

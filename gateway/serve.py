@@ -23,6 +23,8 @@ def main(argv: list[str]) -> int:
         "--with-upstream", type=int, metavar="PORT", default=None,
         help="also run the replay upstream on this port in a child process (the demo default)",
     )
+    parser.add_argument("--graceful-timeout", type=float, default=30.0,
+                        help="seconds in-flight requests get to finish on SIGTERM")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -30,11 +32,12 @@ def main(argv: list[str]) -> int:
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.config import load_config
+    from gateway.config import parse_config_text, read_config_text
     from gateway.errors import ConfigError
 
     try:
-        config = load_config(args.config)
+        text = read_config_text(args.config)
+        config = parse_config_text(text, str(args.config))
     except ConfigError as err:
         print(f"cscr serve: invalid config: {err}", file=sys.stderr)
         return 2
@@ -54,10 +57,12 @@ def main(argv: list[str]) -> int:
             # Workers are separate processes: each builds its app from the config path.
             os.environ["CSCR_CONFIG"] = str(args.config)
             uvicorn.run("gateway.serve:app_factory", factory=True, host=args.host, port=args.port,
-                        workers=args.workers, log_level=args.log_level, access_log=False)
+                        workers=args.workers, log_level=args.log_level, access_log=False,
+                        timeout_graceful_shutdown=args.graceful_timeout)
         else:
-            uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level,
-                        access_log=False)
+            app = create_app(config, config_path=args.config, config_text=text)
+            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                        access_log=False, timeout_graceful_shutdown=args.graceful_timeout)
     finally:
         if child is not None:
             child.terminate()
@@ -68,6 +73,8 @@ def main(argv: list[str]) -> int:
 def app_factory() -> Any:
     """Per-worker app for ``--workers N`` (uvicorn imports this by name in each worker process)."""
     from gateway.app import create_app
-    from gateway.config import load_config
+    from gateway.config import parse_config_text, read_config_text
 
-    return create_app(load_config(os.environ["CSCR_CONFIG"]))
+    path = os.environ["CSCR_CONFIG"]
+    text = read_config_text(path)
+    return create_app(parse_config_text(text, path), config_path=path, config_text=text)

@@ -6,25 +6,31 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from gateway.app import create_app
-from gateway.config import parse_config
+from gateway.config import parse_config, parse_config_text
 from router_core.types import RoutingPolicy
 
 
-def start_gateway(raw_config: dict[str, Any], router: RoutingPolicy | None = None,
+def start_gateway(raw_config: dict[str, Any] | Path, router: RoutingPolicy | None = None,
                   env: dict[str, str] | None = None) -> tuple[str, Callable[[], None]]:
-    """Serve ``raw_config`` (a gateway.yaml document as a dict) on a free port.
-    Returns (``http://127.0.0.1:PORT``, ``stop``)."""
-    config = parse_config(raw_config, "test-config.yaml", env or {})
+    """Serve ``raw_config`` (a gateway.yaml document as a dict, or a path to one, which is then
+    watched for live reload) on a free port. Returns (``http://127.0.0.1:PORT``, ``stop``)."""
+    if isinstance(raw_config, Path):
+        text = raw_config.read_text()
+        config = parse_config_text(text, str(raw_config), env or {})
+        app = create_app(config, router, config_path=raw_config, config_text=text, env=env or {})
+    else:
+        app = create_app(parse_config(raw_config, "test-config.yaml", env or {}), router)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(config, router), log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
                                            timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -292,4 +292,9 @@ def test_two_replicas_share_one_budget_under_concurrency(tmp_path: Path, upstrea
         finally:
             for proc in procs:
                 proc.terminate()
-                proc.wait(timeout=15)
+            for proc in procs:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()

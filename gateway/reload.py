@@ -1,0 +1,173 @@
+"""Live configuration: reload on file change, on SIGHUP, or through ``POST /admin/reload``.
+
+The whole new file is validated first; an invalid file leaves the running config in place, and the
+error (file, field, reason) is logged, shown on ``/ready`` and counted in ``/metrics``.
+
+With a shared store the change travels through it, so every replica converges on one config:
+a replica that sees its file change publishes the validated text to the store (``config/current``,
+with a version number); every replica polls that version and applies what is published; a replica
+that starts later adopts the published config instead of its own file. With ``memory://`` the file
+is the only source.
+
+A removed provider leaves routing at once (plans are made from the config of the moment); requests
+already in flight hold their provider object and finish normally. Prices, keys and budgets apply
+from the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.config import GatewayConfig, parse_config_text, read_config_text
+from gateway.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONFIG_DOCS = "config"
+CURRENT = "current"
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class ReloadStatus:
+    version: int = 0  # the store's version of the config in force (0: from the local file only)
+    sha256: str = ""
+    applied_at: float = 0.0  # time.time() of the last successful apply
+    last_error: str | None = None  # the last reload that failed validation, if any since then
+
+
+class ConfigReloader:
+    """Owns the path to gateway.yaml and swaps ``state.config``; ``state`` is the GatewayState."""
+
+    def __init__(self, state: Any, path: Path | None, text: str | None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.state = state
+        self.env = env  # None: the process environment, read at each reload
+        self.path = path
+        self.status = ReloadStatus(sha256=digest(text) if text is not None else "", applied_at=time.time())
+        self._file_sha = self.status.sha256
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def shared(self) -> bool:
+        return not self.state.config.store.startswith("memory://")
+
+    # --- applying ---------------------------------------------------------------------------------
+
+    def _apply(self, config: GatewayConfig, sha: str, version: int) -> None:
+        old = self.state.config
+        self.state.config = config
+        self.status.sha256, self.status.version, self.status.applied_at = sha, version, time.time()
+        self.status.last_error = None
+        added = sorted({p.name for p in config.providers} - {p.name for p in old.providers})
+        removed = sorted({p.name for p in old.providers} - {p.name for p in config.providers})
+        self.state.metrics.reloads.labels("applied").inc()
+        log.info("config %s applied (version %d): providers added %s, removed %s", sha[:12], version,
+                 added or "none", removed or "none")
+        if config.store != old.store:
+            log.warning("store URL changed in the config; a restart is needed for it to take effect")
+
+    def _reject(self, err: ConfigError) -> None:
+        self.status.last_error = str(err)
+        self.state.metrics.reloads.labels("rejected").inc()
+        log.error("config reload rejected, keeping the running config: %s", err)
+
+    async def reload_file(self) -> bool:
+        """Validate the file and apply it (publishing it first when the store is shared)."""
+        if self.path is None:
+            return False
+        async with self._lock:
+            try:
+                text = read_config_text(self.path)
+                sha = digest(text)
+                self._file_sha = sha
+                config = parse_config_text(text, str(self.path), self.env)
+            except ConfigError as err:
+                self._reject(err)
+                return False
+            if self.shared:
+                version = await self._publish(text, sha)
+            else:
+                version = 0
+            if sha != self.status.sha256 or version != self.status.version:
+                self._apply(config, sha, version)
+            return True
+
+    async def _publish(self, text: str, sha: str) -> int:
+        store = self.state.store
+        current = await store.get_doc(CONFIG_DOCS, CURRENT)
+        if current is not None and current.get("sha256") == sha:
+            return int(current["version"])
+        version = int(current["version"]) + 1 if current is not None else 1
+        await store.put_doc(CONFIG_DOCS, CURRENT, {"version": version, "sha256": sha, "text": text,
+                                                   "source": str(self.path), "published_at": time.time()})
+        return version
+
+    async def sync_from_store(self) -> bool:
+        """Apply the store's published config if it is not the one in force. True if applied."""
+        current = await self.state.store.get_doc(CONFIG_DOCS, CURRENT)
+        if current is None or int(current["version"]) == self.status.version:
+            return False
+        async with self._lock:
+            try:
+                config = parse_config_text(current["text"], f"store:{current.get('source', '?')}", self.env)
+            except ConfigError as err:  # e.g. an env var this replica lacks
+                self._reject(err)
+                self.status.version = int(current["version"])  # do not retry the same text forever
+                return False
+            self._apply(config, current["sha256"], int(current["version"]))
+            return True
+
+    # --- watching ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """At start-up: join the shared config (or publish ours if there is none), then watch."""
+        if self.shared:
+            try:
+                if not await self.sync_from_store() and self.status.version == 0 and self.path is not None:
+                    await self.reload_file()
+            except Exception as exc:  # the store may be down at start-up: the file config serves
+                log.error("could not read the shared config from the store: %s", exc)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            # Only the main thread may install signal handlers (not the case in tests).
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: reloading %s", self.path)
+        asyncio.get_running_loop().create_task(self.reload_file())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.state.config.server.reload_interval_s)
+            try:
+                if self.path is not None:
+                    try:
+                        sha = digest(self.path.read_text())
+                    except OSError:
+                        sha = self._file_sha  # a file being replaced: look again next time
+                    if sha != self._file_sha:
+                        await self.reload_file()
+                if self.shared:
+                    await self.sync_from_store()
+            except Exception as exc:  # keep watching whatever happens (store outages included)
+                log.warning("config watch: %s: %s", type(exc).__name__, exc)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

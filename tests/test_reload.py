@@ -1,0 +1,176 @@
+"""Live config: add, remove and break providers in gateway.yaml while traffic flows; one gateway,
+and two gateway processes that share one Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from gateway.replay import REPLAY_PRICES
+from gateway.upstream import start_upstream
+from tests.gateway_fixture import provider, start_gateway
+from tests.redis_fixture import free_port, redis_server
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+MASTER = "reload-master"
+KEY = "sk-reload-traffic"
+AUTH = {"authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    base, stop = start_upstream()
+    yield base
+    stop()
+
+
+def _cfg(up: str, names: list[str], **extra: Any) -> dict[str, Any]:
+    models = {"gpt-4": "gpt-4-1106-preview", "mistral-7b": "mistralai/mistral-7b-chat",
+              "claude-v2": "claude-v2", "mixtral": "mistralai/mixtral-8x7b-chat"}
+    return {
+        "router": {"artifact": "none"},
+        "server": {"reload_interval_s": 0.1, "master_key_env": "CSCR_MASTER"},
+        "providers": [provider(n, f"openai/{models[n]}", up, REPLAY_PRICES[models[n]]) for n in names],
+        "keys": [{"name": "traffic", "secret_sha256": hashlib.sha256(KEY.encode()).hexdigest()}],
+        **extra,
+    }
+
+
+def _write(path: Path, cfg: dict[str, Any]) -> float:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(cfg))
+    os.replace(tmp, path)  # an atomic save, as editors and ConfigMap updates do
+    return time.monotonic()
+
+
+class Traffic:
+    """Background requests to ``auto`` and a named provider, counting every failure."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.failures: list[str] = []
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=30, headers=AUTH) as client:
+            while not self._stop.is_set():
+                r = client.post("/v1/chat/completions",
+                                json={"model": "auto", "messages": [{"role": "user", "content": "hello"}]})
+                self.count += 1
+                if r.status_code != 200:
+                    self.failures.append(f"{r.status_code} {r.text[:200]}")
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def _wait_for(predicate: Any, timeout: float = 20.0) -> float:
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, "condition not reached in time"
+        time.sleep(0.02)
+    return time.monotonic()
+
+
+def _named_ok(base: str, name: str) -> bool:
+    r = httpx.post(base + "/v1/chat/completions", json={"model": name, "messages": [{"role": "user",
+                                                                                      "content": "hi"}]},
+                   headers=AUTH)
+    return r.status_code == 200
+
+
+def test_add_remove_and_broken_file_while_traffic_flows(tmp_path: Path, upstream: str) -> None:
+    path = tmp_path / "gateway.yaml"
+    _write(path, _cfg(upstream, ["gpt-4", "mistral-7b"]))
+    base, stop = start_gateway(path, env={"CSCR_MASTER": MASTER})
+    try:
+        with Traffic(base) as traffic:
+            time.sleep(0.3)
+            saved = _write(path, _cfg(upstream, ["gpt-4", "mistral-7b", "claude-v2"]))
+            live = _wait_for(lambda: _named_ok(base, "claude-v2"))
+            print(f"\nadd: file save -> first request served by the new provider: {(live - saved) * 1000:.0f} ms")
+
+            saved = _write(path, _cfg(upstream, ["gpt-4", "claude-v2"]))  # mistral-7b (the cheapest) leaves
+            _wait_for(lambda: not _named_ok(base, "mistral-7b"))
+            r = httpx.post(base + "/v1/chat/completions", json={"model": "auto", "messages": [
+                {"role": "user", "content": "hi"}]}, headers=AUTH)
+            assert r.headers["x-cscr-provider"] == "claude-v2"  # cost-only: cheapest of what is left
+
+            before = httpx.get(base + "/ready").json()["checks"]["config"]["sha256"]
+            path.write_text("providers: [{name: oops, model: 7}]\n")
+            _wait_for(lambda: httpx.get(base + "/ready").json()["checks"]["config"]["last_reload_error"])
+            config = httpx.get(base + "/ready").json()["checks"]["config"]
+            assert config["sha256"] == before and "providers[0].model" in config["last_reload_error"]
+            assert 'cscr_config_reloads_total{outcome="rejected"}' in httpx.get(base + "/metrics").text
+            assert _named_ok(base, "claude-v2")  # the running config still serves
+            admin = httpx.post(base + "/admin/reload", headers={"authorization": f"Bearer {MASTER}"})
+            assert admin.status_code == 422 and "providers[0].model" in admin.json()["error"]
+        assert traffic.count > 10 and traffic.failures == []
+    finally:
+        stop()
+
+
+def _serve(path: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path), "--port", str(port),
+         "--log-level", "warning"],
+        cwd=ROOT, env={**os.environ, "CSCR_MASTER": MASTER}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_two_replicas_converge_through_redis(tmp_path: Path, upstream: str) -> None:
+    with redis_server(tmp_path) as srv:
+        paths = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
+        for p in paths:  # each replica has its own copy of the file, as with a ConfigMap per pod
+            _write(p, _cfg(upstream, ["gpt-4", "mistral-7b"], store=srv.url))
+        ports = [free_port(), free_port(), free_port()]
+        procs = [_serve(paths[0], ports[0]), _serve(paths[1], ports[1])]
+        try:
+            for port in ports[:2]:
+                _wait_for(lambda port=port: _ready(port), timeout=60)
+            saved = _write(paths[0], _cfg(upstream, ["gpt-4", "mistral-7b", "mixtral"], store=srv.url))
+            bases = [f"http://127.0.0.1:{p}" for p in ports]
+            live = [_wait_for(lambda b=b: _named_ok(b, "mixtral")) for b in bases[:2]]
+            print(f"\nreplica A (file edited): {(live[0] - saved) * 1000:.0f} ms; "
+                  f"replica B (through redis): {(live[1] - saved) * 1000:.0f} ms")
+            # a replica started later, from the OLD file, adopts the shared config
+            procs.append(_serve(paths[1], ports[2]))
+            _wait_for(lambda: _ready(ports[2]), timeout=60)
+            assert _named_ok(bases[2], "mixtral")
+            versions = {httpx.get(b + "/ready").json()["checks"]["config"]["version"] for b in bases}
+            assert versions == {2}
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
