@@ -160,6 +160,7 @@ class RouterArtifact:
     mean_cost: np.ndarray  # (M,) USD per call on the training prompts
     lam_max: float  # λ at trade-off 1 (see router.CSCRRouter)
     meta: dict[str, Any] = field(default_factory=dict)  # encoder/data versions, metrics, timings
+    lam_table: list[float] | None = None  # λ at trade-offs linspace(0, 1, len): router.calibrate_lam_table
 
     @property
     def expert_keys(self) -> np.ndarray:
@@ -185,6 +186,7 @@ class RouterArtifact:
         experts = {
             "format": ARTIFACT_FORMAT,
             "lam_max": self.lam_max,
+            "lam_table": self.lam_table,
             "experts": [
                 {"name": n, "mean_cost_usd": float(c)} for n, c in zip(self.experts, self.mean_cost, strict=True)
             ],
@@ -214,5 +216,6 @@ class RouterArtifact:
             experts=[e["name"] for e in experts["experts"]],
             mean_cost=np.array([e["mean_cost_usd"] for e in experts["experts"]], dtype=np.float64),
             lam_max=float(experts["lam_max"]),
+            lam_table=experts.get("lam_table"),
             meta=json.loads(meta_path.read_text()) if meta_path.exists() else {},
         )

@@ -26,7 +26,7 @@ import numpy as np
 from router_core.data import Benchmark, load_benchmark, versions_of
 from router_core.encoder import ENCODERS, ROUTING_TEXT_VERSION, embed_prompts
 from router_core.model import RouterArtifact, RouterConfig, build_module, module_weights, numpy_head
-from router_core.router import calibrate_lam_max, choose, normalise_costs
+from router_core.router import calibrate_lam_max, calibrate_lam_table, choose, lambda_sweep, normalise_costs
 
 log = logging.getLogger(__name__)
 
@@ -142,19 +142,17 @@ def similarities(artifact: RouterArtifact, emb: np.ndarray) -> np.ndarray:
     return numpy_head(artifact.weights, emb) @ artifact.expert_keys.T
 
 
-def evaluate(
-    artifact: RouterArtifact, emb: np.ndarray, quality: np.ndarray, cost: np.ndarray, n_points: int = 101
-) -> dict[str, float]:
+def evaluate(artifact: RouterArtifact, emb: np.ndarray, quality: np.ndarray, cost: np.ndarray) -> dict[str, float]:
     """AUDC / AUDC-log / peak / QNC of the artifact's deferral curve on (N, ·) prompts.
 
-    λ sweeps ``tradeoff · λ_max`` for 101 trade-offs plus the pure cost order, i.e. exactly the
-    points the gateway can reach; the grid and metrics are ``router_core.metrics``'.
+    λ follows ``router.lambda_sweep`` over [0, λ_max] (every λ there is reachable through the
+    trade-off), plus the pure cost order (trade-off 1); grid and metrics are ``router_core.metrics``'.
     """
     from router_core.metrics import cost_grid, curve_points, curve_stats
 
     sims = similarities(artifact, emb)  # (N, M)
     cn = normalise_costs(cost)
-    lams = list(np.linspace(0.0, 1.0, n_points) * artifact.lam_max)
+    lams = list(lambda_sweep(artifact.lam_max))
     picks = choose(sims, cn, lams, artifact.config.top_k)  # (L, N)
     picks = np.vstack([picks, cn.argmin(axis=1)[None, :]])
     pc, pq = curve_points(picks, quality, cost)
@@ -189,13 +187,15 @@ def train_artifact(bench: Benchmark, emb: np.ndarray, cfg: RouterConfig, progres
     weights.update(head)
     weights["expert_keys"] = keys
     sims_tr = numpy_head(weights, emb[tr]) @ keys.T
-    lam_max = calibrate_lam_max(sims_tr, normalise_costs(bench.cost[tr]))
+    cn_tr = normalise_costs(bench.cost[tr])
+    lam_max = calibrate_lam_max(sims_tr, cn_tr)
     artifact = RouterArtifact(
         config=cfg,
         weights=weights,
         experts=list(bench.models),
         mean_cost=bench.cost[tr].mean(axis=0),
         lam_max=lam_max,
+        lam_table=calibrate_lam_table(sims_tr, cn_tr, lam_max),
         meta={
             "benchmark": bench.name,
             "encoder": {"name": cfg.encoder, "version": ENCODERS[cfg.encoder].version},
