@@ -72,6 +72,10 @@ def routing_text(prompt: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # encoders
 
+# Embedded at training time and stored in the artifact; the router re-embeds it at load and warns
+# if the vectors disagree (e.g. a static model distilled by a different model2vec version).
+CHECK_TEXT = "Which of these routes is cheapest while still answering the question correctly?"
+
 
 @dataclass(frozen=True)
 class EncoderSpec:

@@ -30,7 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
-from router_core.encoder import ROUTING_TEXT_VERSION, get_encoder, routing_text
+from router_core.encoder import CHECK_TEXT, ROUTING_TEXT_VERSION, get_encoder, routing_text
 from router_core.index import ExpertIndex
 from router_core.model import RouterArtifact, numpy_head, numpy_key_map
 from router_core.paths import artifacts_dir
@@ -176,7 +176,21 @@ class CSCRRouter:
         self.lam_max = artifact.lam_max
         self.encoder: TextEncoder = get_encoder(cfg.encoder) if encoder is None else encoder
         self._weights = artifact.weights
+        self._check_encoder()
         self.index = ExpertIndex(artifact.experts, artifact.expert_keys)
+
+    def _check_encoder(self) -> None:
+        ref = self.artifact.meta.get("encoder", {}).get("check_vector")
+        if not ref:
+            return
+        got = self.encoder.encode(CHECK_TEXT)
+        ref_v = np.asarray(ref, dtype=np.float32)
+        if got.shape != ref_v.shape or float(got @ ref_v) < 0.99:
+            log.warning(
+                "encoder %s does not reproduce the artifact's check vector (cosine %.3f): routing may be off",
+                self.artifact.config.encoder,
+                float(got @ ref_v) if got.shape == ref_v.shape else float("nan"),
+            )
 
     @property
     def experts(self) -> list[str]:

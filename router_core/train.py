@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from router_core.data import Benchmark, load_benchmark, versions_of
-from router_core.encoder import ENCODERS, ROUTING_TEXT_VERSION, embed_prompts
+from router_core.encoder import CHECK_TEXT, ENCODERS, ROUTING_TEXT_VERSION, embed_prompts, embed_texts
 from router_core.model import RouterArtifact, RouterConfig, build_module, module_weights, numpy_head
 from router_core.router import calibrate_lam_max, calibrate_lam_table, choose, lambda_sweep, normalise_costs
 
@@ -198,7 +198,11 @@ def train_artifact(bench: Benchmark, emb: np.ndarray, cfg: RouterConfig, progres
         lam_table=calibrate_lam_table(sims_tr, cn_tr, lam_max),
         meta={
             "benchmark": bench.name,
-            "encoder": {"name": cfg.encoder, "version": ENCODERS[cfg.encoder].version},
+            "encoder": {
+                "name": cfg.encoder,
+                "version": ENCODERS[cfg.encoder].version,
+                "check_vector": [round(float(v), 6) for v in embed_texts([CHECK_TEXT], cfg.encoder, cache=False)[0]],
+            },
             "routing_text": ROUTING_TEXT_VERSION,
             "data_versions": versions_of(bench),
             "n_train": int(tr.sum()),
