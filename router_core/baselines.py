@@ -119,15 +119,42 @@ class KMeansRouter:
     _acc: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
 
     def fit(self, emb: np.ndarray, quality: np.ndarray, observed: np.ndarray | None = None) -> None:
-        from sklearn.cluster import KMeans
-
-        km = KMeans(self.n_clusters, n_init=4, random_state=self.seed).fit(_unit(emb))
-        self._centroids = km.cluster_centers_
-        self._acc = cluster_means(km.labels_, quality, self.n_clusters, observed)
+        self._centroids, labels = kmeans(_unit(emb), self.n_clusters, self.seed)
+        self._acc = cluster_means(labels, quality, self.n_clusters, observed)
 
     def predict(self, emb: np.ndarray) -> np.ndarray:
         d = ((_unit(emb)[:, None, :] - self._centroids[None]) ** 2).sum(-1)  # (N, K)
         return self._acc[d.argmin(axis=1)]
+
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0, n_init: int = 4, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean K-means (k-means++ seeding, Lloyd, best of ``n_init``): (centroids (k, D), labels (N,))."""
+    rng = np.random.default_rng(seed)
+    x = np.asarray(x, dtype=np.float64)
+    sq = (x**2).sum(axis=1)
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    for _ in range(n_init):
+        cent = x[[rng.integers(len(x))]]
+        for _j in range(1, k):  # k-means++: next centre with probability ∝ squared distance
+            d2 = np.maximum(sq[:, None] - 2 * x @ cent.T + (cent**2).sum(1)[None], 0).min(axis=1)
+            p = d2 / d2.sum() if d2.sum() > 0 else np.full(len(x), 1 / len(x))
+            cent = np.vstack([cent, x[rng.choice(len(x), p=p)]])
+        labels = np.zeros(len(x), dtype=np.int64)
+        for it in range(iters):
+            d2 = sq[:, None] - 2 * x @ cent.T + (cent**2).sum(1)[None]  # (N, k)
+            new_labels = d2.argmin(axis=1)
+            if it > 0 and (new_labels == labels).all():
+                break
+            labels = new_labels
+            for j in range(k):
+                members = labels == j
+                if members.any():
+                    cent[j] = x[members].mean(axis=0)
+        inertia = float(np.maximum(sq - 2 * (x * cent[labels]).sum(1) + (cent[labels] ** 2).sum(1), 0).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, cent.copy(), labels.copy())
+    assert best is not None
+    return best[1], best[2]
 
 
 def cluster_means(

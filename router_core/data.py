@@ -72,9 +72,7 @@ class Benchmark:
         if len(self.prompts) != n or self.split.shape != (n,):
             raise ValueError(f"{self.name}: prompts/split do not match {n} prompt ids")
         if self.quality.shape != (n, m) or self.cost.shape != (n, m):
-            raise ValueError(
-                f"{self.name}: quality {self.quality.shape} / cost {self.cost.shape} != {(n, m)}"
-            )
+            raise ValueError(f"{self.name}: quality {self.quality.shape} / cost {self.cost.shape} != {(n, m)}")
         if self.missing is not None and self.missing.shape != (n, m):
             raise ValueError(f"{self.name}: missing mask shape {self.missing.shape} != {(n, m)}")
         for key, arr in self.extra.items():
@@ -243,9 +241,7 @@ def _load_mmlu_pro(
     )
 
 
-def _mmlu_split(
-    category: np.ndarray, is_probe: np.ndarray, split: str, test_size: int, seed: int
-) -> np.ndarray:
+def _mmlu_split(category: np.ndarray, is_probe: np.ndarray, split: str, test_size: int, seed: int) -> np.ndarray:
     n = len(category)
     out = np.full(n, "train", dtype=object)
     if split == "in-dist":
@@ -263,9 +259,7 @@ def _mmlu_split(
     return out.astype(str)
 
 
-def unseen_model_split(
-    models: Sequence[str], frac_seen: float = 2 / 3, seed: int = 0
-) -> tuple[list[str], list[str]]:
+def unseen_model_split(models: Sequence[str], frac_seen: float = 2 / 3, seed: int = 0) -> tuple[list[str], list[str]]:
     """Seeded partition of model names into (seen, unseen); seen gets round(frac_seen * M)."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(models))

@@ -41,7 +41,7 @@ from router_core.baselines import (
     sweep,
 )
 from router_core.data import Benchmark, load_benchmark, unseen_model_split, versions_of
-from router_core.metrics import Interval, bootstrap, cost_grid, curve_points, curve_stats
+from router_core.metrics import Interval, bootstrap, cost_grid, curve_points
 
 logger = logging.getLogger(__name__)
 
@@ -139,20 +139,54 @@ def _ours(s: Setup, seed: int) -> Decisions:
 
 
 def _contrastive(s: Setup, loss: str, seed: int) -> Decisions:
-    """The other half of the project's router (``router_core.train``), with its own rule sim − λ·ĉ."""
-    from router_core.model import RouterConfig
-    from router_core.router import choose, normalise_costs
-    from router_core.train import similarities, train_artifact
+    """The other half of the project's router (``router_core.train``), with its own rule sim − λ·ĉ.
 
-    if s.unseen:
-        raise NotImplementedError("contrastive routers are not wired for the unseen-models split")
-    cfg = RouterConfig(encoder=s.encoder, in_dim=int(s.train_emb.shape[1]), loss=loss, seed=seed)
-    train_only = replace(s.train, split=np.full(len(s.train), "train"))
-    artifact = train_artifact(train_only, s.train_emb, cfg, progress=False)
-    sims = similarities(artifact, s.test_emb)  # (N, M)
+    Unseen-models split: the head and key map are trained on the seen models only; every model's
+    key then comes from its accuracy fingerprint on the probe pool (``train.accuracy_fingerprints``
+    over probe-pool prompts, where all models are labelled), so the unseen models enter through
+    their descriptors alone, as the gateway would add them.
+    """
+    from router_core.encoder import ENCODERS
+    from router_core.model import RouterConfig, numpy_head, numpy_key_map
+    from router_core.router import calibrate_lam_max, choose, normalise_costs
+    from router_core.train import (
+        PROBE_CLUSTERS,
+        PROBE_SIZE,
+        accuracy_fingerprints,
+        fit,
+        similarities,
+        train_artifact,
+    )
+
+    encoder = s.encoder if s.encoder in ENCODERS else "static-minilm"  # "random": recorded name only
+    cfg = RouterConfig(encoder=encoder, in_dim=int(s.train_emb.shape[1]), loss=loss, seed=seed)
     cn = normalise_costs(model_costs(s.train.cost))  # (M,) log-normalised, the gateway's view
-    lams = np.concatenate([np.linspace(0.0, 1.0, 101) * artifact.lam_max, [artifact.lam_max * 1e3]])
+    if s.unseen:
+        seen = np.array([m not in s.unseen for m in s.bench.models])
+        probe = s.observed.all(axis=1)  # rows where every model is labelled
+        desc, _, _ = accuracy_fingerprints(
+            _unit_rows(s.train_emb[probe]), s.train.quality[probe], PROBE_SIZE, PROBE_CLUSTERS, seed
+        )
+        cfg = replace(cfg, descriptor_dim=int(desc.shape[1]))
+        weights, _, _ = fit(
+            cfg, s.train_emb, s.train.quality[:, seen], s.train.cost[:, seen], desc[seen], progress=False
+        )
+        keys = numpy_key_map(weights, desc)  # (M, out): seen and unseen alike, from descriptors
+        sims = numpy_head(weights, s.test_emb) @ keys.T
+        lam_max = calibrate_lam_max(
+            numpy_head(weights, s.train_emb) @ keys.T, np.broadcast_to(cn, (len(s.train), len(cn)))
+        )
+    else:
+        train_only = replace(s.train, split=np.full(len(s.train), "train"))
+        artifact = train_artifact(train_only, s.train_emb, cfg, progress=False)
+        sims = similarities(artifact, s.test_emb)  # (N, M)
+        lam_max = artifact.lam_max
+    lams = np.concatenate([np.linspace(0.0, 1.0, 101) * lam_max, [lam_max * 1e3]])
     return Decisions(lams, choose(sims, np.broadcast_to(cn, sims.shape), list(lams), cfg.top_k))
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def run_routers(s: Setup, routers: Sequence[str], seed: int = 0) -> dict[str, Decisions]:
@@ -326,6 +360,3 @@ def main(argv: list[str]) -> int:
     if args.decisions_out is not None:
         write_decisions(args.decisions_out, s, decisions)
     return 0
-
-
-__all__ = ["Setup", "prepare", "run_routers", "evaluate", "main", "curve_stats"]

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from router_core.baselines import LAMBDAS, cluster_means, label_groups, sweep, topk_cosine
+from router_core.baselines import LAMBDAS, cluster_means, kmeans, label_groups, sweep, topk_cosine
 from router_core.metrics import cost_grid, curve_points, curve_stats
 
 logger = logging.getLogger(__name__)
@@ -63,14 +63,11 @@ class KernelShrinkRouter:
     _cluster_acc: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
 
     def fit(self, emb: np.ndarray, quality: np.ndarray, observed: np.ndarray | None = None) -> None:
-        from sklearn.cluster import KMeans
-
         self._keys = _unit(emb)
         self._labels = quality
         self._observed = np.ones(quality.shape, dtype=bool) if observed is None else observed
-        km = KMeans(self.n_clusters, n_init=4, random_state=self.seed).fit(self._keys)
-        self._centroids = km.cluster_centers_
-        self._cluster_acc = cluster_means(km.labels_, quality, self.n_clusters, self._observed, self.cluster_strength)
+        self._centroids, labels = kmeans(self._keys, self.n_clusters, self.seed)
+        self._cluster_acc = cluster_means(labels, quality, self.n_clusters, self._observed, self.cluster_strength)
 
     def predict(self, emb: np.ndarray) -> np.ndarray:
         q = _unit(emb)
@@ -143,6 +140,10 @@ def select_hyperparams(
             ch = sweep(r.predict(emb[va]), c_hat, LAMBDAS)
             s = curve_stats(*curve_points(ch, quality[va], cost[va]), grid)
             scores.setdefault((k, h, m), []).append(s.audc)
+    if not scores:  # too few fully labelled rows to validate on: the defaults
+        logger.warning("kernel-shrink CV: too few labelled rows, using defaults")
+        d = KernelShrinkRouter()
+        return {"k": d.k, "bandwidth": d.bandwidth, "prior_strength": d.prior_strength}
     best = max(scores, key=lambda key: float(np.mean(scores[key])))
     logger.info("kernel-shrink CV: best %s AUDC %.4f", best, np.mean(scores[best]))
     return {"k": best[0], "bandwidth": best[1], "prior_strength": best[2]}

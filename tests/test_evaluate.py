@@ -1,0 +1,67 @@
+"""A tiny end-to-end ``cscr eval`` on a slice of the real data with random features (seconds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router_core.evaluate import evaluate, main, prepare
+
+FAST_ROUTERS = ["oracle", "random", "single", "knn", "kmeans", "ours"]
+
+
+@pytest.mark.slow  # ~5-12 s on 2 shared cores, mostly importing matplotlib and faiss
+def test_eval_cli_writes_table_plot_json_and_decisions(tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    dec = tmp_path / "decisions.csv"
+    rc = main(
+        ["--benchmark", "routerbench", "--encoder", "random", "--max-prompts", "240", "--bootstrap", "30",
+         "--routers", *FAST_ROUTERS, "--out", str(out), "--decisions-out", str(dec)]
+    )  # fmt: skip
+    assert rc == 0
+    table = (out / "results.md").read_text()
+    for name in ("oracle", "random", "knn", "kmeans", "ours", "single:gpt-4-1106-preview"):
+        assert f"| {name} |" in table
+    assert (out / "curves.png").stat().st_size > 10_000
+    summary = json.loads((out / "results.json").read_text())
+    oracle = summary["results"]["oracle"]["audc"]
+    assert oracle["lo"] <= oracle["value"] <= oracle["hi"]
+    with open(dec) as fh:
+        rows = list(csv.DictReader(fh))
+    assert set(rows[0]) == {"router", "lam", "prompt_id", "model"}
+    assert {r["router"] for r in rows} >= {"oracle", "knn", "ours"}
+
+
+def test_rescoring_decisions_reproduces_the_table(tmp_path: Path) -> None:
+    """Anyone can re-score the decisions CSV: same points as the harness."""
+    s = prepare("routerbench", encoder="random", max_prompts=200)
+    decisions, results = evaluate(s, ["oracle", "knn"], n_boot=10)
+    from router_core.metrics import cost_grid, curve_points, curve_stats
+
+    g = cost_grid(s.test.quality, s.test.cost)
+    knn = curve_stats(*curve_points(decisions["knn"].choices, s.test.quality, s.test.cost), g)
+    assert results["knn"]["audc"].value == pytest.approx(knn.audc)
+    assert results["oracle"]["audc"].value >= knn.audc
+
+
+def test_unseen_models_split_hides_labels_outside_the_probe_pool() -> None:
+    s = prepare("mmlu_pro", split="unseen-models", encoder="random", max_prompts=400)
+    assert len(s.unseen) == 10
+    cols = [s.bench.models.index(m) for m in s.unseen]
+    probe = s.train.extra["probe"].astype(bool)
+    assert (s.observed[:, cols] == probe[:, None]).all()
+    assert s.observed[:, [j for j in range(31) if j not in cols]].all()
+    decisions, _ = evaluate(s, ["kmeans", "ours"], n_boot=5)
+    picked = np.unique(decisions["ours"].choices)
+    assert picked.max() < 31
+
+
+@pytest.mark.slow
+def test_contrastive_routers_run_in_the_harness() -> None:
+    s = prepare("routerbench", encoder="random", max_prompts=300)
+    decisions, results = evaluate(s, ["infonce", "cscr"], n_boot=10)
+    assert set(decisions) == {"infonce", "cscr"}
