@@ -174,6 +174,9 @@ class CSCRRouter:
             log.warning("router trained with routing text %r, serving with %r", cfg.routing_text, ROUTING_TEXT_VERSION)
         self.top_k = cfg.top_k if top_k is None else top_k
         self.lam_max = artifact.lam_max
+        table = artifact.lam_table
+        self._lam_table = np.asarray(table, dtype=np.float64) if table else None
+        self._lam_grid = np.linspace(0.0, 1.0, len(table)) if table else None
         self.encoder: TextEncoder = get_encoder(cfg.encoder) if encoder is None else encoder
         self._weights = artifact.weights
         self._check_encoder()
@@ -199,9 +202,8 @@ class CSCRRouter:
     def lam(self, tradeoff: float) -> float:
         """λ for a trade-off in [0, 1]: the artifact's calibrated table, else linear up to λ_max."""
         t = float(min(max(tradeoff, 0.0), 1.0))
-        table = self.artifact.lam_table
-        if table:
-            return float(np.interp(t, np.linspace(0.0, 1.0, len(table)), table))
+        if self._lam_table is not None:
+            return float(np.interp(t, self._lam_grid, self._lam_table))
         return t * self.lam_max
 
     def query_vector(self, prompt: str) -> np.ndarray:
@@ -235,11 +237,12 @@ class CSCRRouter:
             sims = np.array([sims_all[pos[c.expert]] for c in known if c.expert is not None])
             cost_norm = normalise_costs(np.array([c.cost for c in known]))
             t = min(max(tradeoff, 0.0), 1.0)
+            lam = self.lam(t)
             if t >= 1.0:  # cheapest outright
                 idx = np.lexsort((np.arange(len(known)), -sims, cost_norm))
             else:
-                idx = rank(sims, cost_norm, np.ones(len(known), dtype=bool), self.lam(t), self.top_k)
-            scores = rule_scores(sims, cost_norm, self.lam(t))
+                idx = rank(sims, cost_norm, np.ones(len(known), dtype=bool), lam, self.top_k)
+            scores = rule_scores(sims, cost_norm, lam)
             order = [Scored(known[i].name, float(scores[i]), float(sims[i]), known[i].cost) for i in idx]
         floor = min((s.score for s in order), default=0.0) - 1.0
         order += [Scored(c.name, floor - i, None, c.cost) for i, c in enumerate(unknown)]
