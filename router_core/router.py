@@ -202,7 +202,7 @@ class CSCRRouter:
     def lam(self, tradeoff: float) -> float:
         """λ for a trade-off in [0, 1]: the artifact's calibrated table, else linear up to λ_max."""
         t = float(min(max(tradeoff, 0.0), 1.0))
-        if self._lam_table is not None:
+        if self._lam_table is not None and self._lam_grid is not None:
             return float(np.interp(t, self._lam_grid, self._lam_table))
         return t * self.lam_max
 
