@@ -348,6 +348,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write all results as JSON here")
     parser.add_argument("--profile", type=Path, default=None, help="also py-spy the gateway; write stacks here")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "/tmp/benchenv/bin/py-spy")
+    parser.add_argument("--gateway-env", action="append", default=[], metavar="K=V",
+                        help="extra environment for the gateway process only (experiments)")
+    parser.add_argument("--gateway-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument to `cscr serve`, e.g. --gateway-arg=--workers=2")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     args = parser.parse_args(argv)
     duration = args.duration or (3.0 if args.quick else 8.0)
@@ -381,8 +385,9 @@ def main(argv: list[str]) -> int:
             gw_port = free_port()
             gateway_config(work / "gateway.yaml", up_port, args.artifact, hashlib.sha256(key.encode()).hexdigest())
             gw = start("gateway", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(work / "gateway.yaml"),
-                                   "--port", str(gw_port), "--log-level", "warning"], f"http://127.0.0.1:{gw_port}",
-                       f"http://127.0.0.1:{gw_port}/health", work, env)
+                                   "--port", str(gw_port), "--log-level", "warning", *args.gateway_arg],
+                       f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{gw_port}/health", work,
+                       {**env, **dict(kv.split("=", 1) for kv in args.gateway_env)})
             servers.append(gw)
             router = get_json(f"{gw.url}/ready")["checks"]["router"]
             auth = [f"Authorization: Bearer {key}"]

@@ -166,6 +166,10 @@ def test_dockerfile_is_multistage_non_root_with_healthcheck() -> None:
     assert "LITELLM_LOCAL_MODEL_COST_MAP=True" in env
     run = " ".join(arg for ins, arg in steps if ins == "RUN")
     assert "download.pytorch.org/whl/cpu" in run and "torch==2.13.0" in run
+    # the router (and its static encoder, built on first load) is baked into the image
+    assert "load_router()" in run
+    assert any(ins == "COPY" and "/opt/cscr-cache" in arg for ins, arg in final)
+    assert "CSCR_CACHE_DIR=/opt/cscr-cache" in env
     entry = json.loads(next(arg for ins, arg in final if ins == "ENTRYPOINT"))
     cmd = json.loads(next(arg for ins, arg in final if ins == "CMD"))
     assert entry + cmd == ["cscr", "serve", "--config", "/etc/cscr/gateway.yaml", "--host", "0.0.0.0",
