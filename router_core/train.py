@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,26 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 50) -> tuple[np.ndarra
         if np.allclose(new, cent):
             break
         cent = new
-    return cent.astype(np.float32), labels
+    cent32 = cent.astype(np.float32)
+    return cent32, (x @ cent32.T).argmax(axis=1)  # labels of the returned centroids
+
+
+def fingerprint(probe_quality: np.ndarray, probe_clusters: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Accuracy fingerprints: (P, M) float correctness on the probes (NaN = not answered) and the
+    probes' cluster ids (P,) -> (M, C+1): mean correctness per cluster, then overall.
+
+    A small cluster is shrunk towards the model's overall accuracy with 2 pseudo-probes, so a
+    cluster a model has few answers in says little.
+    """
+    q = np.asarray(probe_quality, dtype=np.float64)
+    seen = ~np.isnan(q)  # (P, M)
+    q0 = np.where(seen, q, 0.0)
+    prior = q0.sum(axis=0) / np.maximum(seen.sum(axis=0), 1)  # (M,)
+    cols = []
+    for j in range(n_clusters):
+        members = (probe_clusters == j)[:, None] & seen  # (P, M)
+        cols.append(((q0 * members).sum(axis=0) + 2 * prior) / (members.sum(axis=0) + 2))
+    return np.stack([*cols, prior], axis=1).astype(np.float32)  # (M, C+1)
 
 
 def accuracy_fingerprints(
@@ -60,15 +80,26 @@ def accuracy_fingerprints(
     rng = np.random.default_rng(seed)
     probe = np.sort(rng.choice(len(emb), size=min(probe_size, len(emb)), replace=False))
     cent, labels = kmeans(emb[probe], min(n_clusters, len(probe)), seed)
-    q = quality[probe]  # (P, M)
-    prior = q.mean(axis=0)  # (M,)
-    cols = []
-    for j in range(len(cent)):
-        members = labels == j
-        # a small cluster is shrunk towards the model's overall accuracy (2 pseudo-probes)
-        cols.append((q[members].sum(axis=0) + 2 * prior) / (members.sum() + 2))
-    desc = np.stack([*cols, prior], axis=1).astype(np.float32)  # (M, C+1)
-    return desc, cent, probe
+    return fingerprint(quality[probe], labels, len(cent)), cent, probe
+
+
+def descriptor_from_probe_answers(artifact: RouterArtifact, correctness: Mapping[str, float]) -> np.ndarray:
+    """A NEW model's descriptor from its graded answers on the artifact's probe prompts.
+
+    ``correctness``: probe prompt id -> correctness in [0, 1] (ids in ``meta["probe_ids"]``; the
+    more answered, the better; missing ones are skipped). Feed the result to
+    ``CSCRRouter.add_expert``: no retraining.
+    """
+    ids = artifact.meta.get("probe_ids")
+    clusters = artifact.meta.get("probe_clusters")
+    if not ids or clusters is None:
+        raise ValueError("artifact has no probe set (trained with learned keys?)")
+    answered = [i for i in ids if i in correctness]
+    if not answered:
+        raise ValueError("no answers for any probe prompt of this artifact")
+    q = np.array([[correctness[i] if i in correctness else np.nan] for i in ids], dtype=np.float64)  # (P, 1)
+    n_clusters = int(artifact.weights["probe_centroids"].shape[0])
+    return fingerprint(q, np.asarray(clusters), n_clusters)[0]
 
 
 def fit(
@@ -180,6 +211,7 @@ def train_artifact(bench: Benchmark, emb: np.ndarray, cfg: RouterConfig, progres
         meta_probe = {
             "descriptor": "accuracy fingerprint: per probe-cluster then overall mean correctness",
             "probe_ids": [train_ids[i] for i in probe],
+            "probe_clusters": (emb[tr][probe] @ centroids.T).argmax(axis=1).tolist(),
         }
     t0 = time.perf_counter()
     head, keys, history = fit(cfg, emb[tr], bench.quality[tr], bench.cost[tr], descriptors, progress)

@@ -13,7 +13,7 @@ from router_core.encoder import ROUTING_TEXT_VERSION, embed_prompts, embed_texts
 from router_core.model import RouterArtifact, RouterConfig
 from router_core.paths import default_data_dir
 from router_core.router import CSCRRouter
-from router_core.train import accuracy_fingerprints, main, train_artifact
+from router_core.train import accuracy_fingerprints, descriptor_from_probe_answers, main, train_artifact
 from router_core.types import Candidate
 
 
@@ -87,6 +87,13 @@ def test_tiny_train_and_eval(small_bench: Benchmark, loss: str, keys: str, tmp_p
     # seeds fix the result
     again = train_artifact(small_bench, emb, cfg, progress=False)
     np.testing.assert_allclose(again.expert_keys, art.expert_keys, atol=1e-6)
+    if keys == "descriptor":  # a training model's probe answers reproduce its descriptor
+        tr_ids = [pid for pid, sp in zip(small_bench.prompt_ids, small_bench.split, strict=True) if sp == "train"]
+        row = {pid: i for i, pid in enumerate(small_bench.prompt_ids)}
+        answers = {pid: float(small_bench.quality[row[pid], 2]) for pid in tr_ids}
+        desc = art.descriptors
+        assert desc is not None
+        np.testing.assert_allclose(descriptor_from_probe_answers(art, answers), desc[2], atol=1e-6)
     # and the artifact serves
     art.save(tmp_path / "art")
     router = CSCRRouter(RouterArtifact.load(tmp_path / "art"))
