@@ -302,6 +302,25 @@ def evaluate(
     return decisions, results
 
 
+def paired_lines(
+    s: Setup, decisions: dict[str, Decisions], results: dict[str, dict[str, Interval]], n_boot: int
+) -> str:
+    """Paired bootstrap of AUDC differences: ours vs the best prompt-aware baseline (same resamples)."""
+    from router_core.metrics import paired_difference
+
+    base = [b for b in ("kmeans", "knn", "infonce", "cscr") if b in results]
+    if "ours" not in decisions or not base:
+        return ""
+    best = max(base, key=lambda b: results[b]["audc"].value)
+    lines = ["", f"Paired bootstrap, AUDC difference ({n_boot} shared resamples):", ""]
+    for b in base:
+        d = paired_difference(decisions["ours"].choices, decisions[b].choices, s.test.quality, s.test.cost, n_boot)
+        rel = d.value / results[b]["audc"].value
+        mark = " (best baseline)" if b == best else ""
+        lines.append(f"- ours − {b}{mark}: {d.value:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}] ({rel:+.1%} relative)")
+    return "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cscr eval", description=__doc__.split("\n")[0])
     p.add_argument("--benchmark", required=True, choices=["routerbench", "mmlu_pro"])
@@ -336,6 +355,7 @@ def main(argv: list[str]) -> int:
     if s.unseen:
         header += f"Unseen models (descriptor only): {', '.join(s.unseen)}.\n"
     table = markdown_table(results, title)
+    table += paired_lines(s, decisions, results, args.bootstrap)
     print(header)
     print(table)
     if args.out is not None:

@@ -49,8 +49,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 class KernelShrinkRouter:
     """p̂ from kernel-weighted probe neighbours shrunk toward the prompt cluster's accuracy."""
 
-    k: int = 100
-    bandwidth: float = 0.05
+    k: int = 200
+    bandwidth: float = 0.1
     prior_strength: float = 20.0  # m: pseudo-prompts of the cluster estimate
     cluster_strength: float = 10.0  # m_c: pseudo-prompts of the overall accuracy in each cluster
     n_clusters: int = 20
@@ -70,17 +70,35 @@ class KernelShrinkRouter:
         self._cluster_acc = cluster_means(labels, quality, self.n_clusters, self._observed, self.cluster_strength)
 
     def predict(self, emb: np.ndarray) -> np.ndarray:
+        return self.combine(self.neighbours(emb, self.k), self.k, self.bandwidth, self.prior_strength)
+
+    def neighbours(self, emb: np.ndarray, k: int) -> Neighbours:
+        """The search part: nearest cluster and the k most similar labelled prompts per label group."""
         q = _unit(emb)
         nearest = ((q[:, None, :] - self._centroids[None]) ** 2).sum(-1).argmin(axis=1)  # (N,)
-        prior = self._cluster_acc[nearest]  # (N, M)
-        out = np.zeros_like(prior)
+        found = []
         for rows, cols in label_groups(self._observed):
-            sims, idx = topk_cosine(q, self._keys[rows], self.k)  # (N, k)
-            w = np.exp((sims - sims[:, :1]) / self.bandwidth)  # (N, k), best neighbour weighs 1
-            y = self._labels[rows][:, cols][idx]  # (N, k, m)
-            num = np.einsum("nk,nkm->nm", w, y) + self.prior_strength * prior[:, cols]
-            out[:, cols] = num / (w.sum(axis=1, keepdims=True) + self.prior_strength)
+            sims, idx = topk_cosine(q, self._keys[rows], k)  # (N, k), best first
+            found.append((cols, sims, self._labels[rows][:, cols][idx]))  # labels (N, k, m)
+        return Neighbours(self._cluster_acc[nearest], found)
+
+    @staticmethod
+    def combine(nb: Neighbours, k: int, bandwidth: float, prior_strength: float) -> np.ndarray:
+        """p̂ (N, M) from neighbours: kernel-weighted labels plus ``prior_strength`` pseudo-prompts at
+        the cluster estimate. Only the first ``k`` neighbours are used."""
+        out = np.zeros_like(nb.prior)
+        for cols, sims, y in nb.groups:
+            s = sims[:, :k]
+            w = np.exp((s - s[:, :1]) / bandwidth)  # (N, k), best neighbour weighs 1
+            num = np.einsum("nk,nkm->nm", w, y[:, :k]) + prior_strength * nb.prior[:, cols]
+            out[:, cols] = num / (w.sum(axis=1, keepdims=True) + prior_strength)
         return out
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    prior: np.ndarray  # (N, M) cluster estimate a_j(cluster(x))
+    groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (model cols, sims (N, k), labels (N, k, m))
 
 
 @dataclass
@@ -101,7 +119,7 @@ class LengthCostModel:
         return np.maximum(x @ self.coef, self.floor)  # (N, M)
 
 
-GRID = {"k": (20, 50, 100, 200), "bandwidth": (0.02, 0.05, 0.1), "prior_strength": (5.0, 20.0, 50.0)}
+GRID = {"k": (20, 50, 100, 200, 400), "bandwidth": (0.02, 0.05, 0.1, 0.2), "prior_strength": (5.0, 20.0, 50.0)}
 
 
 def select_hyperparams(
@@ -127,17 +145,12 @@ def select_hyperparams(
         cm = LengthCostModel().fit(lengths[tr], cost[tr])
         c_hat = cm.predict(lengths[va])
         grid = cost_grid(quality[va], cost[va])
-        fitted: dict[int, KernelShrinkRouter] = {}
+        r = KernelShrinkRouter(seed=seed)
+        r.fit(emb[tr], quality[tr], obs[tr])
+        nb = r.neighbours(emb[va], int(max(GRID["k"])))  # one search per fold, sliced per k
         for k, h, m in itertools.product(GRID["k"], GRID["bandwidth"], GRID["prior_strength"]):
-            r = KernelShrinkRouter(k=int(k), bandwidth=h, prior_strength=m, seed=seed)
-            base = fitted.get(0)
-            if base is None:
-                r.fit(emb[tr], quality[tr], obs[tr])
-                fitted[0] = r
-            else:  # share the K-means fit and data across the grid
-                r._keys, r._labels, r._observed = base._keys, base._labels, base._observed
-                r._centroids, r._cluster_acc = base._centroids, base._cluster_acc
-            ch = sweep(r.predict(emb[va]), c_hat, LAMBDAS)
+            p_hat = r.combine(nb, int(k), h, m)
+            ch = sweep(p_hat, c_hat, LAMBDAS)
             s = curve_stats(*curve_points(ch, quality[va], cost[va]), grid)
             scores.setdefault((k, h, m), []).append(s.audc)
     if not scores:  # too few fully labelled rows to validate on: the defaults
