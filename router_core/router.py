@@ -225,16 +225,19 @@ class CSCRRouter:
 
     def rank(self, prompt: str, candidates: Sequence[Candidate], tradeoff: float) -> Ranking:
         """Every candidate once, best first (see the module docstring for the rule and trade-off)."""
-        is_known = [c.expert is not None and c.expert in self.index for c in candidates]
+        # one index snapshot decides both who is known and the similarities (experts may be
+        # added or removed concurrently)
+        sim_of: dict[str, float] = {}
+        if any(c.expert is not None for c in candidates):
+            sim_of = self.index.similarity_map(self.query_vector(prompt))
+        is_known = [c.expert is not None and c.expert in sim_of for c in candidates]
         known = [c for c, k in zip(candidates, is_known, strict=True) if k]
         unknown = sorted(
             (c for c, k in zip(candidates, is_known, strict=True) if not k), key=lambda c: (c.cost, c.name)
         )
         order: list[Scored] = []
         if known:
-            sims_all = self.index.similarities(self.query_vector(prompt))
-            pos = {n: i for i, n in enumerate(self.index.names)}
-            sims = np.array([sims_all[pos[c.expert]] for c in known if c.expert is not None])
+            sims = np.array([sim_of[c.expert] for c in known if c.expert is not None])
             cost_norm = normalise_costs(np.array([c.cost for c in known]))
             t = min(max(tradeoff, 0.0), 1.0)
             lam = self.lam(t)
