@@ -241,11 +241,12 @@ class CSCRRouter:
             cost_norm = normalise_costs(np.array([c.cost for c in known]))
             t = min(max(tradeoff, 0.0), 1.0)
             lam = self.lam(t)
-            if t >= 1.0:  # cheapest outright
+            if t >= 1.0:  # cheapest outright; the score is the (negated) normalised cost
                 idx = np.lexsort((np.arange(len(known)), -sims, cost_norm))
+                scores = -cost_norm
             else:
                 idx = rank(sims, cost_norm, np.ones(len(known), dtype=bool), lam, self.top_k)
-            scores = rule_scores(sims, cost_norm, lam)
+                scores = rule_scores(sims, cost_norm, lam)
             order = [Scored(known[i].name, float(scores[i]), float(sims[i]), known[i].cost) for i in idx]
         floor = min((s.score for s in order), default=0.0) - 1.0
         order += [Scored(c.name, floor - i, None, c.cost) for i, c in enumerate(unknown)]

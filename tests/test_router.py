@@ -148,8 +148,7 @@ def test_rank_returns_every_candidate_once(bundled: RouterArtifact) -> None:
         assert ranking.names[-2:] == ["renamed", "mystery"]  # unknown last, cheapest first
         assert ranking.order[-1].similarity is None and ranking.policy == "cscr"
         scores = [s.score for s in ranking.order]
-        if t < 1.0:  # at 1 the order is by cost outright
-            assert scores[:-2] == sorted(scores[:-2], reverse=True)
+        assert scores == sorted(scores, reverse=True)
 
 
 def test_tradeoff_one_is_cheapest_and_zero_is_most_similar(bundled: RouterArtifact) -> None:
