@@ -124,4 +124,7 @@ def main(argv: list[str]) -> int:
     for name, fn in stages.items():
         ms = _time(fn, args.n)
         print(f"{name:<26}{np.percentile(ms, 50):>10.3f}{np.percentile(ms, 99):>10.3f}")
+    import resource
+
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0

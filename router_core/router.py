@@ -34,7 +34,7 @@ from router_core.encoder import CHECK_TEXT, ROUTING_TEXT_VERSION, get_encoder, r
 from router_core.index import ExpertIndex
 from router_core.model import RouterArtifact, numpy_head, numpy_key_map
 from router_core.paths import artifacts_dir
-from router_core.types import Candidate, Ranking, Scored
+from router_core.types import Candidate, Ranking, RoutingPolicy, Scored
 
 log = logging.getLogger(__name__)
 
@@ -258,12 +258,39 @@ def bundled_artifact_path() -> Path:
 
 
 def load_router(path: Path | None = None, top_k: int | None = None) -> CSCRRouter:
-    """Load a router artifact (None: the bundled RouterBench one) and its encoder.
+    """Load a CSCR router artifact (None: the bundled RouterBench one) and its encoder.
 
     The first call with the static encoder may build it (~20-80 s, once per machine, cached in
-    ``cache_dir()``); later loads take well under a second.
+    ``cache_dir()``); later loads take about a second. Artifacts of other variants:
+    ``load_routing_policy``.
     """
     artifact = RouterArtifact.load(bundled_artifact_path() if path is None else Path(path))
     if artifact.config.variant != "cscr":
-        raise ValueError(f"router artifact variant {artifact.config.variant!r} is not served by CSCRRouter")
+        raise ValueError(f"router artifact variant {artifact.config.variant!r} is not CSCR; use load_routing_policy")
     return CSCRRouter(artifact, top_k=top_k)
+
+
+def load_routing_policy(path: Path | None = None, top_k: int | None = None) -> RoutingPolicy:
+    """Load any router artifact as a ``RoutingPolicy``, dispatching on ``config.json``'s ``variant``.
+
+    ``"cscr"`` is ``load_router``. Any other variant names its loader in ``config.json`` as
+    ``"loader": "router_core.<module>:<function>"``, a function ``(path: Path, top_k: int | None)
+    -> RoutingPolicy``; only ``router_core`` modules are imported, so an artifact cannot make the
+    gateway import arbitrary code.
+    """
+    import importlib
+    import json
+
+    src = bundled_artifact_path() if path is None else Path(path)
+    raw = json.loads((src / "config.json").read_text())
+    variant = raw.get("variant", "cscr")
+    if variant == "cscr":
+        return load_router(src, top_k)
+    loader = raw.get("loader")
+    if not isinstance(loader, str) or not loader.startswith("router_core.") or ":" not in loader:
+        raise ValueError(
+            f"router artifact {src}: variant {variant!r} needs a 'loader' of the form 'router_core.<module>:<fn>'"
+        )
+    module, fn = loader.split(":", 1)
+    policy: RoutingPolicy = getattr(importlib.import_module(module), fn)(src, top_k)
+    return policy

@@ -204,3 +204,14 @@ def test_routing_text_reads_the_last_question() -> None:
     assert routing_text(other) != text
     short = "Write a python function to identify non-prime numbers."
     assert routing_text(short) == short
+
+
+def test_load_routing_policy_dispatches_on_variant(tmp_path: Path) -> None:
+    from router_core.router import load_routing_policy
+
+    (tmp_path / "config.json").write_text('{"variant": "other", "loader": "os:system"}')
+    with pytest.raises(ValueError, match="router_core"):
+        load_routing_policy(tmp_path)
+    (tmp_path / "config.json").write_text('{"variant": "other", "loader": "router_core.types:CostOnlyPolicy"}')
+    with pytest.raises(TypeError):  # the loader was imported and called; this one takes no args
+        load_routing_policy(tmp_path)
