@@ -36,10 +36,10 @@ def load_policy(config: GatewayConfig) -> tuple[RoutingPolicy, str | None]:
     if artifact == "none":
         return CostOnlyPolicy(), None
     try:
-        from router_core.router import load_router
+        from router_core.router import load_routing_policy
 
         path = None if artifact == "bundled" else Path(artifact)
-        return load_router(path, top_k=config.router.top_k), None
+        return load_routing_policy(path, top_k=config.router.top_k), None
     except Exception as exc:  # any failure to load degrades to cost-only, loudly
         problem = f"router artifact {artifact!r} not loaded ({type(exc).__name__}: {exc}); using cost-only"
         log.error(problem)
