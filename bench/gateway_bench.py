@@ -278,7 +278,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def profile(target: Target, bodies: Path, out: Path, seconds: float, py_spy: str, upstream: Server) -> Path:
     """py-spy (raw collapsed stacks) on the server while the load generator drives it at c=16."""
-    raw = out / f"pyspy-{target.name}.txt"
+    raw = out.with_name(f"pyspy-{out.name}.txt")
     spy = subprocess.Popen([py_spy, "record", "--pid", str(target.server.proc.pid), "--duration", str(int(seconds)),
                             "--rate", "250", "--format", "raw", "--output", str(raw), "--nonblocking"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -447,10 +447,12 @@ def main(argv: list[str]) -> int:
         if args.profile is not None and "gateway-named" in targets:
             args.profile.mkdir(parents=True, exist_ok=True)
             results["profile"] = {}
-            for name in ("gateway-named", "gateway-auto"):
-                stacks = profile(targets[name], bodies[(name, False)], args.profile, 12.0, args.py_spy, upstream)
+            for name, stream in (("gateway-named", False), ("gateway-auto", False), ("gateway-named", True)):
+                label = f"{name}-{'stream' if stream else 'json'}"
+                stacks = profile(targets[name], bodies[(name, stream)], args.profile / label, 12.0, args.py_spy,
+                                 upstream)
                 inclusive, own = top_frames(stacks)
-                results["profile"][name] = {"inclusive": inclusive, "self": own}
+                results["profile"][label] = {"inclusive": inclusive, "self": own}
         print(markdown(results))
         if args.out is not None:
             args.out.write_text(json.dumps(results, indent=1))
