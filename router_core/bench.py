@@ -37,15 +37,13 @@ BENCH_PROMPT = (
 )
 
 
-def _single_thread() -> None:
+def _single_thread(torch_too: bool) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-    try:
+    if torch_too:  # only the torch encoder imports torch; importing it here would skew the RSS
         import torch
 
         torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
     import faiss
 
     faiss.omp_set_num_threads(1)
@@ -81,7 +79,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--n", type=int, default=500, help="timed decisions per stage")
     p.add_argument("--tradeoff", type=float, default=0.3)
     args = p.parse_args(argv)
-    _single_thread()
 
     from router_core.encoder import ENCODERS, get_encoder, routing_text
     from router_core.model import RouterArtifact, numpy_head
@@ -97,6 +94,7 @@ def main(argv: list[str]) -> int:
         weights["head.0.weight"] = rng.standard_normal((artifact.config.hidden, dim)).astype(np.float32)
         artifact = replace(artifact, config=replace(artifact.config, encoder=args.encoder, in_dim=dim))
         artifact.weights = weights
+    _single_thread(torch_too=artifact.config.encoder == "minilm")
     router = CSCRRouter(artifact)
     load_ms = (time.perf_counter() - t0) * 1e3
     enc = get_encoder(artifact.config.encoder)
