@@ -354,6 +354,7 @@ def main(argv: list[str]) -> int:
                         help="extra argument to `cscr serve`, e.g. --gateway-arg=--workers=2")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a plain kill still stops the servers
     duration = args.duration or (3.0 if args.quick else 8.0)
     rounds = args.rounds or (1 if args.quick else 2)
     concurrency = [int(c) for c in (args.concurrency or ("1,16" if args.quick else "1,16,64")).split(",")]
