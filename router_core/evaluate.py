@@ -4,7 +4,8 @@
     cscr eval --benchmark mmlu_pro --split unseen-models --out docs/results/mmlu_pro-unseen
     cscr eval --benchmark mmlu_pro --routers oracle knn kmeans ours --decisions-out d.csv
 
-Routers (``--routers``, default all): ``oracle``, ``random``, ``single`` (one row per model),
+Routers (``--routers``, default all): ``oracle``, ``group-oracle`` (cheating reference: per-task
+test accuracy), ``random``, ``single`` (one row per model),
 ``knn``, ``kmeans``, ``infonce`` (vanilla contrastive), ``cscr``, ``ours`` (``variants.py``).
 Metric definitions: ``router_core.metrics`` and ``docs/EVALUATION.md``.
 
@@ -45,7 +46,7 @@ from router_core.metrics import Interval, bootstrap, cost_grid, curve_points
 
 logger = logging.getLogger(__name__)
 
-ALL_ROUTERS = ("oracle", "random", "single", "knn", "kmeans", "infonce", "cscr", "ours")
+ALL_ROUTERS = ("oracle", "group-oracle", "random", "single", "knn", "kmeans", "infonce", "cscr", "ours")
 SPLITS = ("in-dist", "unseen-models", "ood")
 
 
@@ -123,6 +124,17 @@ def _quality_router(router: QualityRouter, s: Setup) -> Decisions:
     return Decisions(LAMBDAS, sweep(p_hat, model_costs(s.train.cost)))
 
 
+def _group_oracle(s: Setup) -> Decisions:
+    """A cheating reference: p̂ = each model's accuracy on the *test* prompts of the prompt's task
+    (RouterBench ``task``, MMLU-Pro ``category``). It bounds what routing by task family can reach."""
+    key = "task" if "task" in s.test.extra else "category"
+    groups = s.test.extra[key]
+    p_hat = np.zeros_like(s.test.quality)
+    for g in np.unique(groups):
+        p_hat[groups == g] = s.test.quality[groups == g].mean(axis=0)
+    return Decisions(LAMBDAS, sweep(p_hat, model_costs(s.train.cost)))
+
+
 def _ours(s: Setup, seed: int) -> Decisions:
     from router_core.variants import KernelShrinkRouter, LengthCostModel, select_hyperparams
 
@@ -195,6 +207,7 @@ def run_routers(s: Setup, routers: Sequence[str], seed: int = 0) -> dict[str, De
     mc = model_costs(s.train.cost)
     makers: dict[str, Callable[[], Decisions]] = {
         "oracle": lambda: Decisions(np.concatenate([[0.0], LAMBDAS[1:]]), oracle_choices(s.test.quality, s.test.cost)),
+        "group-oracle": lambda: _group_oracle(s),
         "random": lambda: Decisions(np.full(len(mc), np.nan), random_choices(n, mc, seed)),
         "knn": lambda: _quality_router(KNNRouter(k=20), s),
         "kmeans": lambda: _quality_router(KMeansRouter(n_clusters=20, seed=seed), s),
