@@ -111,24 +111,34 @@ def _minilm_path() -> str:
 
 
 def static_model_dir() -> Path:
-    """Folder of the distilled static model, built on first call (atomic rename, race-safe)."""
+    """Folder of the distilled static model, built on first call.
+
+    Race-safe: an exclusive file lock makes concurrent first users (e.g. gateway replicas on one
+    host) wait for one build instead of each distilling, and the build lands by atomic rename.
+    """
     spec = ENCODERS["static-minilm"]
     tag = hashlib.sha256(spec.version.encode()).hexdigest()[:12]
     target = cache_dir() / "encoders" / f"static-minilm-{tag}"
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from model2vec.distill import distill
+    import fcntl
 
-    log.info("distilling static encoder from packaged MiniLM into %s (one-off, ~20 s)", target)
-    model = distill(model_name=_minilm_path(), pca_dims=STATIC_PCA_DIMS)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
-    model.save_pretrained(str(tmp))
-    try:
-        os.rename(tmp, target)
-    except OSError:  # another process finished first: theirs is identical
-        shutil.rmtree(tmp, ignore_errors=True)
+    with open(target.parent / f".static-minilm-{tag}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").exists():  # built while we waited
+            return target
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from model2vec.distill import distill
+
+        log.info("distilling static encoder from packaged MiniLM into %s (one-off, 20-80 s)", target)
+        model = distill(model_name=_minilm_path(), pca_dims=STATIC_PCA_DIMS)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
+        model.save_pretrained(str(tmp))
+        try:
+            os.rename(tmp, target)
+        except OSError:  # a build without the lock (older code) finished first: it is identical
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

