@@ -128,3 +128,37 @@ def test_cli_writes_an_artifact(tmp_path: Path, capsys: pytest.CaptureFixture[st
     art = RouterArtifact.load(out)
     assert art.config.encoder == "hash" and art.config.epochs == 2
     assert art.meta["command"].startswith("cscr train") and art.meta["n_train"] == 200
+
+
+def test_unseen_model_joins_through_its_descriptor(small_bench: Benchmark) -> None:
+    emb = embed_prompts(small_bench.prompts, "hash", cache=False)
+    seen = small_bench.models[:8]
+    cfg = RouterConfig(encoder="hash", in_dim=256, hidden=64, out_dim=32, loss="infonce", epochs=3, batch_size=128)
+    art = train_artifact(small_bench.models_subset(seen), emb, cfg, progress=False)
+    router = CSCRRouter(art)
+    row = {pid: i for i, pid in enumerate(small_bench.prompt_ids)}
+    for j, name in enumerate(small_bench.models[8:], start=8):
+        answers = {pid: float(small_bench.quality[row[pid], j]) for pid in art.meta["probe_ids"]}
+        router.add_expert(name, descriptor_from_probe_answers(art, answers))
+    assert router.experts == small_bench.models
+    cands = [Candidate(n, n, float(c)) for n, c in zip(small_bench.models, small_bench.cost.mean(axis=0), strict=True)]
+    ranking = router.rank(small_bench.prompts[-1], cands, 0.0)
+    assert all(s.similarity is not None for s in ranking.order)  # the unseen ones are routed, not appended
+
+
+@pytest.mark.slow
+def test_bundled_recipe_reaches_its_recorded_quality() -> None:
+    """Regression guard: the bundled recipe on real data (static encoder, cached embeddings)."""
+    from router_core.router import bundled_artifact_path
+
+    monkey_cache = pytest.MonkeyPatch()
+    monkey_cache.delenv("CSCR_CACHE_DIR", raising=False)  # use the real cache: the static model is costly
+    try:
+        bundled = RouterArtifact.load(bundled_artifact_path())
+        bench = load_benchmark("routerbench", _data_dir())
+        emb = embed_prompts(bench.prompts, bundled.config.encoder)
+        art = train_artifact(bench, emb, bundled.config, progress=False)
+    finally:
+        monkey_cache.undo()
+    assert art.meta["metrics_test"]["audc"] == pytest.approx(bundled.meta["metrics_test"]["audc"], abs=0.01)
+    assert art.meta["metrics_test"]["audc"] > 0.8
