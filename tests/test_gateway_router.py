@@ -49,8 +49,8 @@ def _route(client: openai.OpenAI, model: str, prompt: str) -> tuple[str, str]:
 
 
 def test_bundled_router_serves_auto(client: openai.OpenAI, prompts: list[str]) -> None:
-    best = Counter()
-    cheap = Counter()
+    best: Counter[str] = Counter()
+    cheap: Counter[str] = Counter()
     for prompt in prompts:
         provider, policy = _route(client, "auto:best", prompt)
         assert policy != "cost-only"  # the trained router is in use
