@@ -54,6 +54,7 @@ class ProviderConfig:
     output_usd_per_mtok: float = 0.0
     timeout_s: float = 60.0
     expert: str | None = None  # expert key name in the router artifact
+    descriptor: str | None = None  # file with this model's descriptor vector (a model the artifact lacks)
     transport: Transport = "auto"
 
     @property
@@ -234,7 +235,9 @@ def _provider(r: _Reader, env: Mapping[str, str], litellm_prices: Any) -> Provid
         input_usd_per_mtok=in_price,
         output_usd_per_mtok=out_price,
         timeout_s=r.number("timeout_s", 60.0, lo=0.001),
-        expert=r.get("expert", str),
+        # A model added by descriptor is its own expert unless it names one.
+        expert=r.get("expert", str) or (name if r.raw.get("descriptor") else None),
+        descriptor=r.get("descriptor", str),
         transport=transport,
     )
     r.done()

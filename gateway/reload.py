@@ -23,12 +23,13 @@ import logging
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewayConfig, parse_config_text, read_config_text
 from gateway.errors import ConfigError
+from gateway.experts import install_experts, publish_descriptors
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class ReloadStatus:
     sha256: str = ""
     applied_at: float = 0.0  # time.time() of the last successful apply
     last_error: str | None = None  # the last reload that failed validation, if any since then
+    expert_problems: list[str] = field(default_factory=list)  # descriptors that could not be installed
 
 
 class ConfigReloader:
@@ -60,6 +62,7 @@ class ConfigReloader:
         self._file_sha = self.status.sha256
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._installed: dict[str, str] = {}  # expert -> descriptor hash in the router's index
 
     @property
     def shared(self) -> bool:
@@ -67,7 +70,18 @@ class ConfigReloader:
 
     # --- applying ---------------------------------------------------------------------------------
 
-    def _apply(self, config: GatewayConfig, sha: str, version: int) -> None:
+    async def _install(self, config: GatewayConfig) -> None:
+        try:
+            self.status.expert_problems = await install_experts(config, self.state.store, self.state.router,
+                                                                self._installed)
+        except Exception as exc:  # the store may be down: the provider is still served, by cost
+            self.status.expert_problems = [f"experts not installed: {type(exc).__name__}: {exc}"]
+        for problem in self.status.expert_problems:
+            log.error("%s", problem)
+
+    async def _apply(self, config: GatewayConfig, sha: str, version: int) -> None:
+        # Experts first: a new provider is routable the moment it appears in the config.
+        await self._install(config)
         old = self.state.config
         self.state.config = config
         self.status.sha256, self.status.version, self.status.applied_at = sha, version, time.time()
@@ -99,11 +113,12 @@ class ConfigReloader:
                 self._reject(err)
                 return False
             if self.shared:
+                await publish_descriptors(config, self.state.store)
                 version = await self._publish(text, sha)
             else:
                 version = 0
             if sha != self.status.sha256 or version != self.status.version:
-                self._apply(config, sha, version)
+                await self._apply(config, sha, version)
             return True
 
     async def _publish(self, text: str, sha: str) -> int:
@@ -128,13 +143,14 @@ class ConfigReloader:
                 self._reject(err)
                 self.status.version = int(current["version"])  # do not retry the same text forever
                 return False
-            self._apply(config, current["sha256"], int(current["version"]))
+            await self._apply(config, current["sha256"], int(current["version"]))
             return True
 
     # --- watching ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """At start-up: join the shared config (or publish ours if there is none), then watch."""
+        await self._install(self.state.config)
         if self.shared:
             try:
                 if not await self.sync_from_store() and self.status.version == 0 and self.path is not None:

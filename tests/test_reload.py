@@ -174,3 +174,64 @@ def test_two_replicas_converge_through_redis(tmp_path: Path, upstream: str) -> N
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+def _probe_descriptor(tmp_path: Path, model_column: str) -> Path:
+    """The descriptor a new model gets from its graded answers on the artifact's probe prompts."""
+    import json
+
+    from router_core.data import load_benchmark
+    from router_core.model import RouterArtifact
+    from router_core.router import bundled_artifact_path
+    from router_core.train import descriptor_from_probe_answers
+
+    artifact = RouterArtifact.load(bundled_artifact_path())
+    bench = load_benchmark("routerbench")
+    column = bench.quality[:, bench.models.index(model_column)]
+    graded = dict(zip(bench.prompt_ids, column.astype(float), strict=True))
+    vector = descriptor_from_probe_answers(artifact, {i: graded[i] for i in artifact.meta["probe_ids"]})
+    path = tmp_path / "new-model.descriptor.json"
+    path.write_text(json.dumps({"vector": [float(x) for x in vector], "source": "probe answers"}))
+    return path
+
+
+@pytest.mark.slow
+def test_provider_added_by_descriptor_gets_the_prompts_it_is_best_for(tmp_path: Path, upstream: str) -> None:
+    import pandas as pd
+
+    from router_core.paths import default_data_dir
+
+    raw = yaml.safe_load((ROOT / "gateway.yaml").read_text())
+    pool = [p for p in raw["providers"] if p["expert"] != "gpt-4-1106-preview"]  # the strongest model is out
+    for p in pool:
+        p["api_base"] = upstream
+    cfg = {"server": {"reload_interval_s": 0.1}, "router": {"default_tradeoff": 0.0}, "providers": pool}
+    path = tmp_path / "gateway.yaml"
+    _write(path, cfg)
+    df = pd.read_parquet(default_data_dir() / "routerbench_subset" / "routerbench_subset.parquet")
+    prompts = [str(p) for _, g in df[df.split == "test"].groupby("eval_name") for p in g.prompt_text.head(10)]
+    base, stop = start_gateway(path)
+    try:
+        def decisions() -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for prompt in prompts:
+                r = httpx.post(base + "/v1/chat/completions",
+                               json={"model": "auto", "messages": [{"role": "user", "content": prompt}]})
+                assert r.status_code == 200, r.text
+                counts[r.headers["x-cscr-provider"]] = counts.get(r.headers["x-cscr-provider"], 0) + 1
+            return counts
+
+        before = decisions()
+        # the same model joins under a name the artifact has never seen, with only its descriptor
+        new = {"name": "newcomer", "model": "openai/gpt-4-1106-preview", "api_base": upstream,
+               "input_usd_per_mtok": 10.0, "output_usd_per_mtok": 30.0,
+               "descriptor": str(_probe_descriptor(tmp_path, "gpt-4-1106-preview"))}
+        _write(path, {**cfg, "providers": [*pool, new]})
+        _wait_for(lambda: _named_ok(base, "newcomer"))
+        after = decisions()
+        ready = httpx.get(base + "/ready").json()["checks"]["config"]
+        assert ready["expert_problems"] == []
+        print(f"\nbefore: {before}\nafter:  {after}")
+        assert "newcomer" not in before and after.get("newcomer", 0) > 0
+    finally:
+        stop()

@@ -1,0 +1,92 @@
+"""Experts added through descriptors: a provider in gateway.yaml that the router artifact does not
+know joins routing with only a descriptor (``descriptor: path``), no retraining and no restart.
+
+The descriptor file holds the model's descriptor vector in the artifact's descriptor space, as
+JSON (``{"vector": [...]}`` or a bare list) or ``.npy``. The replica that reads the file publishes
+the vector to the store (``experts/<expert>``), keyed by the file's content hash, so a replica
+without the file — or started later — installs the same key; every replica then adds it to its own
+in-memory index (the k-NN search never waits on the store).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.config import GatewayConfig, ProviderConfig
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+EXPERT_DOCS = "experts"
+
+
+def read_descriptor(path: str | Path) -> list[float]:
+    """A descriptor vector from a file; finite numbers only (nothing else may reach an index)."""
+    p = Path(path)
+    if p.suffix == ".npy":
+        vec = np.load(p, allow_pickle=False)
+    else:
+        raw = json.loads(p.read_text())
+        vec = np.asarray(raw["vector"] if isinstance(raw, dict) else raw, dtype=np.float64)
+    vec = np.asarray(vec, dtype=np.float64).reshape(-1)
+    if vec.size == 0 or not np.all(np.isfinite(vec)):
+        raise ValueError(f"descriptor {p}: empty or not finite")
+    return [float(x) for x in vec]
+
+
+def _doc_for(p: ProviderConfig) -> dict[str, Any] | None:
+    assert p.descriptor is not None
+    try:
+        vector = read_descriptor(p.descriptor)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("descriptor for %s not readable here (%s); looking in the store", p.name, exc)
+        return None
+    sha = hashlib.sha256(json.dumps(vector).encode()).hexdigest()
+    return {"expert": p.expert, "provider": p.name, "model": p.model, "source": p.descriptor,
+            "sha256": sha, "vector": vector}
+
+
+async def publish_descriptors(config: GatewayConfig, store: Store) -> None:
+    """Put every descriptor this replica can read into the store (before the config is published,
+    so other replicas find the vectors when they apply it)."""
+    for p in config.providers:
+        if p.descriptor is not None and p.expert is not None:
+            doc = _doc_for(p)
+            if doc is not None:
+                await store.put_doc(EXPERT_DOCS, p.expert, doc)
+
+
+async def install_experts(config: GatewayConfig, store: Store, router: Any, installed: dict[str, str]) -> list[str]:
+    """Add the descriptor-keyed experts of ``config`` to ``router``. ``installed`` (expert ->
+    descriptor hash) remembers what is in the index already. Returns the problems, one per expert
+    that could not be installed (such a provider is still served, ranked after the known ones)."""
+    if not hasattr(router, "add_expert"):
+        return []
+    problems: list[str] = []
+    for p in config.providers:
+        if p.descriptor is None or p.expert is None:
+            continue
+        doc = _doc_for(p)
+        if doc is not None:
+            await store.put_doc(EXPERT_DOCS, p.expert, doc)
+        else:
+            doc = await store.get_doc(EXPERT_DOCS, p.expert)
+        if doc is None:
+            problems.append(f"{p.name}: descriptor {p.descriptor} neither readable here nor in the store")
+            continue
+        if installed.get(p.expert) == doc["sha256"]:
+            continue
+        try:
+            router.add_expert(p.expert, np.asarray(doc["vector"], dtype=np.float32))
+        except ValueError as exc:  # wrong dimension, or an artifact with learned keys
+            problems.append(f"{p.name}: descriptor rejected by the router: {exc}")
+            continue
+        installed[p.expert] = doc["sha256"]
+        log.info("expert %s installed from its descriptor (%s)", p.expert, doc["source"])
+    return problems
