@@ -352,6 +352,9 @@ def main(argv: list[str]) -> int:
                         help="extra environment for the gateway process only (experiments)")
     parser.add_argument("--gateway-arg", action="append", default=[], metavar="ARG",
                         help="extra argument to `cscr serve`, e.g. --gateway-arg=--workers=2")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:K=V[,K=V]",
+                        help="also run a second gateway with this environment, as targets LABEL-named and "
+                             "LABEL-auto (side-by-side experiments)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a plain kill still stops the servers
@@ -398,6 +401,20 @@ def main(argv: list[str]) -> int:
                                               gw_headers, gw_numeric)
             targets["gateway-auto"] = Target("gateway-auto", gw, "/v1/chat/completions", "auto", auth,
                                              gw_headers, gw_numeric)
+        for spec in args.variant:
+            label, _, kvs = spec.partition(":")
+            v_port = free_port()
+            v_env = {**env, **dict(kv.split("=", 1) for kv in kvs.split(",") if kv)}
+            v = start(label, [sys.executable, "-m", "gateway.cli", "serve", "--config", str(work / "gateway.yaml"),
+                              "--port", str(v_port), "--log-level", "warning", *args.gateway_arg],
+                      f"http://127.0.0.1:{v_port}", f"http://127.0.0.1:{v_port}/health", work, v_env)
+            servers.append(v)
+            auth = [f"Authorization: Bearer {key}"]
+            for kind, model in (("named", NAMED), ("auto", "auto")):
+                targets[f"{label}-{kind}"] = Target(f"{label}-{kind}", v, "/v1/chat/completions", model, auth,
+                                                    ["x-cscr-policy", "x-cscr-provider"],
+                                                    ["x-cscr-gateway-ms", "x-cscr-routing-ms"])
+                names.append(f"{label}-{kind}")
         if "litellm-proxy" in names:
             lt_port = free_port()
             litellm_config(work / "litellm.yaml", up_port)

@@ -75,13 +75,17 @@ def _install() -> None:
                                           timeout=aiohttp.ClientTimeout(total=provider.timeout_s)) as resp:
                     if resp.status >= 400:
                         raise forward._status_error(provider.name, resp.status, await resp.read())
-                    async for raw_line in resp.content:
-                        if not raw_line.startswith(b"data:"):
+                    done = False
+                    async for raw_line in resp.content:  # read to the end: the connection goes back to the pool
+                        if done or not raw_line.startswith(b"data:"):
                             continue
                         payload = raw_line[5:].strip()
                         if payload == b"[DONE]":
-                            return
+                            done = True
+                            continue
                         yield json.loads(payload)
+                    if done:
+                        return
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 raise self._err(provider, exc) from exc
             raise UpstreamError(f"provider {provider.name!r} closed the stream before [DONE]", status=502,
