@@ -254,7 +254,7 @@ def markdown_table(results: dict[str, dict[str, Interval]], title: str) -> str:
     for name, r in results.items():
         qnc = _fmt(r["qnc"], 2)
         if 0 < r["qnc"].never_frac < 1:
-            qnc += f" (never in {r['qnc'].never_frac:.0%})"
+            qnc += f" (never in {r['qnc'].never_frac:.1%} of resamples)"
         lines.append(f"| {name} | {_fmt(r['audc'])} | {_fmt(r['audc_log'])} | {_fmt(r['peak'])} | {qnc} |")
     return "\n".join(lines) + "\n"
 

@@ -14,7 +14,7 @@ What it reads, what it knows, and how it combines them:
       p̂_j(x) = (Σ_i w_i(x) y_ij + m · a_j(cluster(x))) / (Σ_i w_i(x) + m)
       a_j(c)  = (Σ_{i∈c} y_ij + m_c · ā_j) / (n_c + m_c)
 
-  with w_i(x) = exp((s_i − s_max)/h) over the k most similar probe prompts (cosine s_i, FAISS),
+  with w_i(x) = exp((s_i − 1)/h) over the k most similar probe prompts (cosine s_i, FAISS),
   a_j(c) the model's accuracy in the prompt's K-means cluster shrunk toward its overall accuracy
   ā_j. Written out, p̂_j(x) is an inner product between a query vector (the normalised kernel
   weights over probe prompts, plus the cluster indicator) and the model's key (its probe answers
@@ -49,9 +49,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
 class KernelShrinkRouter:
     """p̂ from kernel-weighted probe neighbours shrunk toward the prompt cluster's accuracy."""
 
-    k: int = 200
+    k: int = 400
     bandwidth: float = 0.1
-    prior_strength: float = 20.0  # m: pseudo-prompts of the cluster estimate
+    prior_strength: float = 2.0  # m: pseudo-prompts of the cluster estimate
     cluster_strength: float = 10.0  # m_c: pseudo-prompts of the overall accuracy in each cluster
     n_clusters: int = 20
     seed: int = 0
@@ -88,8 +88,9 @@ class KernelShrinkRouter:
         the cluster estimate. Only the first ``k`` neighbours are used."""
         out = np.zeros_like(nb.prior)
         for cols, sims, y in nb.groups:
-            s = sims[:, :k]
-            w = np.exp((s - s[:, :1]) / bandwidth)  # (N, k), best neighbour weighs 1
+            # absolute similarity: a prompt with no close neighbour keeps little kernel mass and falls back
+            # to its cluster estimate (weights relative to the best neighbour lost 0.028 AUDC out of domain)
+            w = np.exp((sims[:, :k] - 1.0) / bandwidth)  # (N, k), an identical prompt weighs 1
             num = np.einsum("nk,nkm->nm", w, y[:, :k]) + prior_strength * nb.prior[:, cols]
             out[:, cols] = num / (w.sum(axis=1, keepdims=True) + prior_strength)
         return out
@@ -119,7 +120,7 @@ class LengthCostModel:
         return np.maximum(x @ self.coef, self.floor)  # (N, M)
 
 
-GRID = {"k": (20, 50, 100, 200, 400), "bandwidth": (0.02, 0.05, 0.1, 0.2), "prior_strength": (5.0, 20.0, 50.0)}
+GRID = {"k": (100, 400), "bandwidth": (0.05, 0.1, 0.2), "prior_strength": (0.5, 2.0, 5.0, 20.0)}
 
 
 def select_hyperparams(
