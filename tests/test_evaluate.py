@@ -65,3 +65,22 @@ def test_contrastive_routers_run_in_the_harness() -> None:
     s = prepare("routerbench", encoder="random", max_prompts=300)
     decisions, results = evaluate(s, ["infonce", "cscr"], n_boot=10)
     assert set(decisions) == {"infonce", "cscr"}
+
+
+def test_kernel_shrink_follows_close_neighbours_and_falls_back_to_the_cluster() -> None:
+    from router_core.variants import KernelShrinkRouter, LengthCostModel
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(60, 8))
+    quality = np.zeros((60, 2))
+    quality[:30, 0] = 1.0  # model 0 right on the first half, model 1 right on the second
+    quality[30:, 1] = 1.0
+    r = KernelShrinkRouter(k=10, bandwidth=0.01, prior_strength=0.1, n_clusters=2)
+    r.fit(emb, quality)
+    near = r.predict(emb[[0, 45]])  # identical to a training prompt: its labels dominate
+    assert near[0, 0] > 0.9 and near[1, 1] > 0.9
+    far = r.predict(rng.normal(size=(1, 8)))  # a fresh random direction: no close neighbour
+    assert np.all((far > 0) & (far < 1))  # nothing close: the shrunk cluster estimate, never 0/1
+    lengths = np.array([10.0, 20.0, 30.0])
+    cm = LengthCostModel().fit(lengths, np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]]))
+    np.testing.assert_allclose(cm.predict(np.array([40.0])), [[4.0, 5.0]], rtol=1e-6)
