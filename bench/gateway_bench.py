@@ -353,8 +353,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--gateway-arg", action="append", default=[], metavar="ARG",
                         help="extra argument to `cscr serve`, e.g. --gateway-arg=--workers=2")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL:K=V[,K=V]",
-                        help="also run a second gateway with this environment, as targets LABEL-named and "
-                             "LABEL-auto (side-by-side experiments)")
+                        help="also run a second gateway with this environment (ARGS=... adds `cscr serve` "
+                             "arguments), as targets LABEL-named and LABEL-auto (side-by-side experiments)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a plain kill still stops the servers
@@ -405,8 +405,9 @@ def main(argv: list[str]) -> int:
             label, _, kvs = spec.partition(":")
             v_port = free_port()
             v_env = {**env, **dict(kv.split("=", 1) for kv in kvs.split(",") if kv)}
+            v_args = v_env.pop("ARGS", "").split()  # ARGS=--workers=2: extra `cscr serve` arguments
             v = start(label, [sys.executable, "-m", "gateway.cli", "serve", "--config", str(work / "gateway.yaml"),
-                              "--port", str(v_port), "--log-level", "warning", *args.gateway_arg],
+                              "--port", str(v_port), "--log-level", "warning", *v_args],
                       f"http://127.0.0.1:{v_port}", f"http://127.0.0.1:{v_port}/health", work, v_env)
             servers.append(v)
             auth = [f"Authorization: Bearer {key}"]
