@@ -372,24 +372,61 @@ def _redis_store_available() -> bool:
     return True
 
 
-@pytest.mark.integration
-def test_replicas_share_one_budget_through_redis(processes: Processes, tmp_path: Path) -> None:
-    """Two replicas on one Redis: a key's spend recorded by one is seen by the other."""
+def _start_redis(procs: Processes) -> int:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed")
     if not _redis_store_available():
         pytest.skip("needs the redis:// store")
     port = _free_port()
-    redis = processes.start("redis", ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"])
+    redis = procs.start("redis", ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"])
     deadline = time.monotonic() + 10
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return port
         except OSError:
             if redis.poll() is not None or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+@pytest.mark.integration
+def test_workers_on_one_host_share_one_budget_through_redis(processes: Processes, tmp_path: Path) -> None:
+    """`cscr serve --workers 2` on Redis: whichever worker answers, each answer's remaining budget is
+    the previous one minus this request's cost (per-worker memory:// budgets would break this as
+    soon as the workers alternate)."""
+    port = _start_redis(processes)
+    up_port = _free_port()
+    upstream = processes.start("upstream", _cscr() + ["upstream", "--port", str(up_port), "--log-level", "warning"])
+    secret = "sk-deploy-workers"
+    keys = [{"name": "team", "secret_sha256": hashlib.sha256(secret.encode()).hexdigest(), "budget_usd": 10.0}]
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(_gateway_config(up_port, f"redis://127.0.0.1:{port}/0", keys)))
+    gw_port = _free_port()
+    gateway = processes.start("gateway", _cscr() + ["serve", "--config", str(config), "--port", str(gw_port),
+                                                    "--workers", "2", "--log-level", "warning"],
+                              {"REPLAY_API_KEY": "unused"})
+    _wait(f"http://127.0.0.1:{up_port}/health", upstream)
+    base = f"http://127.0.0.1:{gw_port}"
+    _wait(f"{base}/ready", gateway)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    left = None
+    for _ in range(12):
+        client = _client(base, secret)  # a new client, so a new connection: the kernel picks the worker
+        raw = client.chat.completions.with_raw_response.create(model="mistral-7b-chat", messages=messages,
+                                                               max_tokens=32)
+        client.close()
+        now, cost = float(raw.headers["x-cscr-budget-remaining-usd"]), float(raw.headers["x-cscr-cost-usd"])
+        assert cost > 0
+        if left is not None:
+            assert now == pytest.approx(left - cost, abs=1e-7)
+        left = now
+
+
+@pytest.mark.integration
+def test_replicas_share_one_budget_through_redis(processes: Processes, tmp_path: Path) -> None:
+    """Two replicas on one Redis: a key's spend recorded by one is seen by the other."""
+    port = _start_redis(processes)
     secret = "sk-deploy-test"
     keys = [{"name": "team", "secret_sha256": hashlib.sha256(secret.encode()).hexdigest(), "budget_usd": 10.0}]
     base, replicas = _start_topology(processes, tmp_path, f"redis://127.0.0.1:{port}/0", "python", keys)
