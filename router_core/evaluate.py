@@ -140,7 +140,11 @@ def _ours(s: Setup, seed: int) -> Decisions:
 
     lengths_tr = np.array([len(p) for p in s.train.prompts], dtype=np.float64)
     lengths_te = np.array([len(p) for p in s.test.prompts], dtype=np.float64)
-    hp = select_hyperparams(s.train_emb, s.train.quality, s.train.cost, lengths_tr, s.observed, seed=seed)
+    # out of distribution, validate on held-out subjects, as the test will be
+    groups = s.train.extra["category"] if s.split == "ood" else None
+    hp = select_hyperparams(
+        s.train_emb, s.train.quality, s.train.cost, lengths_tr, s.observed, seed=seed, groups=groups
+    )
     logger.info("ours: hyperparameters %s", hp)
     router = KernelShrinkRouter(
         k=int(hp["k"]), bandwidth=hp["bandwidth"], prior_strength=hp["prior_strength"], seed=seed
