@@ -27,7 +27,7 @@ from gateway.errors import (
     StoreUnavailable,
     UpstreamError,
 )
-from gateway.forward import Forwarder
+from gateway.forward import Chunk, Forwarder
 from gateway.keys import authenticate, budget_account
 from gateway.metrics import Metrics
 from gateway.policy import cost_cap, eligible, estimate_cost, resolve_target
@@ -355,29 +355,31 @@ async def stream(state: GatewayState, plan: Plan) -> Response:
 
 async def _relay(
     state: GatewayState, plan: Plan, provider: ProviderConfig, res: Reservation | None,
-    first: dict[str, Any], chunks: AsyncGenerator[dict[str, Any], None],
+    first: Chunk, chunks: AsyncGenerator[Chunk, None],
 ) -> AsyncIterator[bytes]:
     """Relay the stream; once it has started a failure is an SSE error event, never a silent cut and
-    never a retry. Spend is settled whatever happens: usage from the stream, else the tokens seen."""
+    never a retry. Spend is settled whatever happens: usage from the stream, else the tokens seen.
+    Chunks the gateway does not change go out as the provider's bytes, not re-encoded."""
     usage: Any = None
     text: list[str] = []
     outcome = "ok"
     try:
-        chunk: dict[str, Any] | None = first
-        while chunk is not None:
+        item: Chunk | None = first
+        while item is not None:
+            chunk, raw = item
             if chunk.get("usage"):
                 usage = chunk["usage"]
                 if not plan.request.include_usage:
                     if not chunk.get("choices"):
-                        chunk = await anext(chunks, None)
+                        item = await anext(chunks, None)
                         continue
-                    chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                    chunk, raw = {k: v for k, v in chunk.items() if k != "usage"}, None
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
                 if isinstance(delta.get("content"), str):
                     text.append(delta["content"])
-            yield _sse(chunk)
-            chunk = await anext(chunks, None)
+            yield b"data: " + raw + b"\n\n" if raw is not None else _sse(chunk)
+            item = await anext(chunks, None)
         yield b"data: [DONE]\n\n"
     except UpstreamError as err:
         outcome = "upstream_error"
