@@ -90,7 +90,8 @@ def mean_next_token_probs(lm: Any, texts: Sequence[str], settings: FootprintSett
                 output_logits=True,
                 return_dict_in_generate=True,
             )
-        step_sum = sum(torch.softmax(lg.float(), dim=-1).sum(dim=0) for lg in out.logits)  # (V,)
+        probs = torch.stack([torch.softmax(lg.float(), dim=-1) for lg in out.logits])  # (T, B, V)
+        step_sum = probs.sum(dim=(0, 1))  # (V,)
         total = step_sum if total is None else total + step_sum
     assert total is not None, "no probe texts"
     return (total / (len(texts) * settings.new_tokens)).double().numpy()
