@@ -292,11 +292,23 @@ def litellm_price(model: str) -> tuple[float, float] | None:
     return info["input_cost_per_token"] * 1e6, info.get("output_cost_per_token", 0.0) * 1e6
 
 
+def _expand_env(value: str, env: Mapping[str, str], file: str, field_name: str) -> str:
+    """``${VAR}`` in the store URL (a Redis password from a Secret, not in the ConfigMap)."""
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise ConfigError(file, field_name, f"environment variable {name} is not set")
+        return env[name]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, value)
+
+
 def parse_config(raw: Any, source: str = "<memory>", env: Mapping[str, str] | None = None) -> GatewayConfig:
     """Validate an already-parsed YAML document."""
     env = os.environ if env is None else env
     root = _Reader(source, "", raw if raw is not None else {})
-    store = root.get("store", str, "memory://")
+    store = _expand_env(root.get("store", str, "memory://"), env, source, "store")
     if not store.startswith(("memory://", "redis://", "rediss://")):
         raise ConfigError(source, "store", "must start with memory:// or redis://")
     server = _server(root.sub("server"), env)

@@ -84,3 +84,11 @@ def test_unreadable_and_broken_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(bad)
     assert info.value.file == str(bad) and info.value.field == "<yaml>"
+
+
+def test_store_url_takes_secrets_from_the_environment() -> None:
+    cfg = parse_config({"store": "redis://:${REDIS_PW}@redis:6379/0"}, env={"REDIS_PW": "s3cret"})
+    assert cfg.store == "redis://:s3cret@redis:6379/0"
+    with pytest.raises(ConfigError) as info:
+        parse_config({"store": "redis://:${NOPE}@redis:6379/0"}, env={})
+    assert info.value.field == "store" and "NOPE" in info.value.reason
