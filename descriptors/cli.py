@@ -1,0 +1,114 @@
+"""``cscr describe``: write descriptor files (JSON, read by a provider's ``descriptor:`` field).
+
+    cscr describe probes     [--benchmark routerbench] [--n 192] [--seed 0]
+    cscr describe perplexity --model gpt-4-1106-preview [--model ...] | --all   --out descriptors_out/
+                             [--answers answers.json]  (probe id -> answer text, for a model not in the data)
+    cscr describe logit      --lm smollm2-135m | gemma3-270m | /path/to/hf_model  [--name NAME]  --out DIR
+    cscr describe bench      [--n 64] [--logit gemma3-270m]
+
+Each descriptor goes to ``<out>/<model>.<kind>.json`` (``/`` in a model name becomes ``__``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from pathlib import Path
+
+from descriptors.probes import DEFAULT_N, DEFAULT_SEED
+
+log = logging.getLogger(__name__)
+
+
+def _out_path(out: Path, model: str, kind: str) -> Path:
+    return out / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', model.replace('/', '__'))}.{kind}.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cscr describe", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--benchmark", default="routerbench", choices=["routerbench", "mmlu_pro"])
+        sp.add_argument("--data", type=Path, default=None, help="data directory (default: ../shared/data)")
+        sp.add_argument("--n", type=int, default=DEFAULT_N, help="number of probes (= descriptor dimension)")
+        sp.add_argument("--seed", type=int, default=DEFAULT_SEED)
+        sp.add_argument("--threads", type=int, default=2)
+
+    common(sub.add_parser("probes", help="print the probe set id"))
+    ppl = sub.add_parser("perplexity", help="perplexity fingerprints of recorded (or given) answers")
+    common(ppl)
+    ppl.add_argument("--model", action="append", default=[], help="model name (repeatable)")
+    ppl.add_argument("--all", action="store_true", help="every model with recorded answers")
+    ppl.add_argument("--answers", type=Path, default=None, help="JSON {probe_id: answer} for one --model")
+    ppl.add_argument("--scorer", default="smollm2-135m")
+    ppl.add_argument("--max-prompt-tokens", type=int, default=128)
+    ppl.add_argument("--max-answer-tokens", type=int, default=64)
+    ppl.add_argument("--batch-size", type=int, default=16)
+    ppl.add_argument("--out", type=Path, required=True)
+    lg = sub.add_parser("logit", help="logit footprint of an open-weight causal LM")
+    common(lg)
+    lg.add_argument("--lm", required=True, help="smollm2-135m | gemma3-270m | transformers model directory")
+    lg.add_argument("--name", default=None, help="model name recorded in the file (default: --lm)")
+    lg.add_argument("--k", type=int, default=None, help="basis size (default: --n, one space with perplexity)")
+    lg.add_argument("--new-tokens", type=int, default=10)
+    lg.add_argument("--max-prompt-tokens", type=int, default=128)
+    lg.add_argument("--batch-size", type=int, default=8)
+    lg.add_argument("--out", type=Path, required=True)
+    b = sub.add_parser("bench", help="scorer answers/s and peak RSS")
+    common(b)
+    b.set_defaults(n=64)
+    b.add_argument("--logit", action="append", default=[], help="also time this model's footprint")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "bench":
+        from descriptors.bench import bench
+
+        print(json.dumps(bench(args.benchmark, n=args.n, logit_lms=tuple(args.logit), threads=args.threads), indent=1))
+        return 0
+
+    from descriptors.probes import build_probe_set
+
+    probes = build_probe_set(args.benchmark, n=args.n, seed=args.seed, data_dir=args.data)
+    if args.command == "probes":
+        print(probes.id)
+        return 0
+
+    from descriptors.lm import load_lm
+
+    if args.command == "perplexity":
+        from descriptors.perplexity import ScoreSettings, perplexity_descriptor, recorded_models
+
+        models = recorded_models(args.benchmark, args.data) if args.all else list(args.model)
+        if not models:
+            raise SystemExit("cscr describe perplexity: give --model NAME (repeatable) or --all")
+        answers = None
+        if args.answers is not None:
+            if len(models) != 1:
+                raise SystemExit("cscr describe perplexity: --answers needs exactly one --model")
+            given = json.loads(args.answers.read_text())
+            answers = [given.get(pid) for pid in probes.prompt_ids]
+        settings = ScoreSettings(args.max_prompt_tokens, args.max_answer_tokens, args.batch_size)
+        scorer = load_lm(args.scorer, threads=args.threads)
+        for m in models:
+            d = perplexity_descriptor(m, probes, scorer, answers=answers, settings=settings, data_dir=args.data)
+            path = _out_path(args.out, m, d.kind)
+            d.save(path)
+            print(f"wrote {path}  mean_nll={d.settings['mean_nll']:.3f}  imputed={d.settings['n_imputed']}")
+        return 0
+
+    from descriptors.logit import FootprintSettings, logit_descriptor
+
+    lm = load_lm(args.lm, threads=args.threads)
+    fp = FootprintSettings(args.new_tokens, args.max_prompt_tokens, args.batch_size, args.k)
+    d = logit_descriptor(lm, probes, fp, model=args.name)
+    path = _out_path(args.out, d.model, d.kind)
+    d.save(path)
+    print(f"wrote {path}  {d.settings['seconds']}s  basis_mass={d.settings['basis_mass']:.3f}")
+    return 0
