@@ -164,7 +164,7 @@ def _contrastive(s: Setup, loss: str, seed: int) -> Decisions:
     """
     from router_core.encoder import ENCODERS
     from router_core.model import RouterConfig, numpy_head, numpy_key_map
-    from router_core.router import calibrate_lam_max, choose, normalise_costs
+    from router_core.router import calibrate_lam_max, choose, lambda_sweep, normalise_costs
     from router_core.train import (
         PROBE_CLUSTERS,
         PROBE_SIZE,
@@ -197,7 +197,8 @@ def _contrastive(s: Setup, loss: str, seed: int) -> Decisions:
         artifact = train_artifact(train_only, s.train_emb, cfg, progress=False)
         sims = similarities(artifact, s.test_emb)  # (N, M)
         lam_max = artifact.lam_max
-    lams = np.concatenate([np.linspace(0.0, 1.0, 101) * lam_max, [lam_max * 1e3]])
+    # Geometric sweep: the rule changes most at small λ; a linear one under-scores these routers.
+    lams = np.concatenate([lambda_sweep(lam_max), [lam_max * 1e3]])
     return Decisions(lams, choose(sims, np.broadcast_to(cn, sims.shape), list(lams), cfg.top_k))
 
 
