@@ -98,6 +98,23 @@ def test_probe_set_is_seeded_and_versioned() -> None:
     assert a.string_basis(16) == b.string_basis(16) and len(set(a.string_basis(16))) == 16
 
 
+def test_recorded_answers_from_both_benchmarks() -> None:
+    _data_or_skip()
+    from descriptors.perplexity import recorded_answers, recorded_models
+
+    rb = build_probe_set(n=4)
+    assert len(recorded_models("routerbench")) == 11
+    letters = recorded_answers(rb, "gpt-4-1106-preview")
+    assert all(a is not None and not a.startswith("[") for a in letters)  # list literal unwrapped
+    mmlu = build_probe_set("mmlu_pro", n=4)
+    models = recorded_models("mmlu_pro")
+    assert len(models) == 31
+    answers = recorded_answers(mmlu, models[0])
+    assert len(answers) == 4 and any(a for a in answers)
+    with pytest.raises(DescriptorError):
+        recorded_answers(rb, "no-such-model")
+
+
 def test_descriptors_import_no_heavy_module() -> None:
     code = (
         "import sys, descriptors.types, descriptors.probes, descriptors.lm, descriptors.perplexity,"
