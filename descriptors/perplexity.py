@@ -20,7 +20,7 @@ Normalisation: the vector is ``nll / ||nll||`` (unit L2, like the logit footprin
 are unit vectors of the same dimension (N = number of probes = K). The level the unit norm removes,
 the mean NLL, is kept in ``settings.mean_nll``.
 
-Per-probe NLLs are cached as JSON per (probe set, scorer, settings, model) under
+Per-probe NLLs are cached as JSON per (probe set, scorer, settings, model[, given answers]) under
 ``cache_dir()/descriptors/perplexity/``.
 """
 
@@ -168,9 +168,13 @@ def fingerprint_vector(nll: np.ndarray) -> tuple[np.ndarray, int]:
     return filled / norm, int((~scored).sum())
 
 
-def _cache_path(probes: ProbeSet, scorer_id: str, settings: ScoreSettings, model: str) -> Path:
+def _cache_path(
+    probes: ProbeSet, scorer_id: str, settings: ScoreSettings, model: str, answers: Sequence[str | None] | None
+) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model)[:80]
-    tag = hashlib.sha256(model.encode()).hexdigest()[:8]  # distinct even when sanitising collides
+    # distinct even when sanitising collides; given answers get their own entry (never the recorded one's)
+    key = model if answers is None else json.dumps([model, list(answers)])
+    tag = hashlib.sha256(key.encode()).hexdigest()[:8]
     return (
         cache_dir() / "descriptors" / "perplexity" / probes.id / re.sub(r"[^A-Za-z0-9._@-]+", "_", scorer_id)
         / settings.key() / f"{safe}-{tag}.json"
@@ -189,8 +193,8 @@ def perplexity_descriptor(
     """The perplexity fingerprint of ``model``: from ``answers`` (one per probe) or, when None, from
     its recorded answers in the shared data. ``lm`` is the scorer (``descriptors.lm.load_lm``)."""
     settings = settings or ScoreSettings()
-    path = _cache_path(probes, lm.scorer_id, settings, model)
-    if answers is None and use_cache and path.exists():
+    path = _cache_path(probes, lm.scorer_id, settings, model, answers)
+    if use_cache and path.exists():
         nll = np.array([np.nan if v is None else v for v in json.loads(path.read_text())["nll"]], dtype=np.float64)
     else:
         if answers is None:

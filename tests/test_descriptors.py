@@ -238,3 +238,17 @@ def test_mixed_pool_in_one_index(smol: Any, probes: ProbeSet) -> None:
     sims, names = index.search(keys[1])
     assert names[0] == "gpt-4 (perplexity)" and sims[0] == pytest.approx(1.0, abs=1e-5)
     assert set(names) == set(pool) and np.all(np.isfinite(sims))
+
+
+@pytest.mark.slow
+def test_perplexity_cache_keeps_given_answers_apart(
+    smol: Any, probes: ProbeSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CSCR_CACHE_DIR", str(tmp_path))
+    short = ["A"] * len(probes)
+    long = ["The answer is B, because the question says so."] * len(probes)
+    first = perplexity_descriptor("same-name", probes, smol, answers=short, settings=TINY_PPL)
+    other = perplexity_descriptor("same-name", probes, smol, answers=long, settings=TINY_PPL)
+    again = perplexity_descriptor("same-name", probes, smol, answers=short, settings=TINY_PPL)
+    assert first.vector == again.vector and first.settings["mean_nll"] != other.settings["mean_nll"]
+    assert len(list((tmp_path / "descriptors" / "perplexity").rglob("*.json"))) == 2
