@@ -22,23 +22,24 @@ def peak_rss_mb() -> float:
 def bench(
     benchmark: str = "routerbench",
     n: int = 64,
-    models: tuple[str, ...] = ("gpt-4-1106-preview", "meta/llama-2-70b-chat"),
+    models: tuple[str, ...] | None = None,
     scorer: str = "smollm2-135m",
     logit_lms: tuple[str, ...] = (),
     threads: int = 2,
     batch_size: int = 16,
 ) -> dict[str, Any]:
     """Time the perplexity scorer on ``models``' recorded answers (no cache) and, optionally, logit
-    footprints of ``logit_lms`` on the same probes."""
+    footprints of ``logit_lms`` on the same probes. ``models`` None: the first two with recorded answers."""
     from descriptors.lm import load_lm
     from descriptors.logit import logit_descriptor
-    from descriptors.perplexity import ScoreSettings, answer_nll, recorded_answers
+    from descriptors.perplexity import ScoreSettings, answer_nll, recorded_answers, recorded_models
     from descriptors.probes import build_probe_set
 
     probes = build_probe_set(benchmark, n=n)
     t0 = time.perf_counter()
     lm = load_lm(scorer, threads=threads)
     out: dict[str, Any] = {"probe_set": probes.id, "threads": threads, "scorer_load_s": time.perf_counter() - t0}
+    models = models or tuple(recorded_models(benchmark)[:2])
     answers = [recorded_answers(probes, m) for m in models]
     settings = ScoreSettings(batch_size=batch_size)
     t0 = time.perf_counter()
@@ -46,7 +47,10 @@ def bench(
         answer_nll(lm, probes.texts, a, settings)
     seconds = time.perf_counter() - t0
     n_answers = sum(1 for a in answers for x in a if x and x.strip())
-    out.update(scorer=lm.scorer_id, answers=n_answers, scorer_s=seconds, answers_per_s=n_answers / seconds,
+    n_tokens = sum(min(len(lm.encode(" " + x.strip())), settings.max_answer_tokens)
+                   for a in answers for x in a if x and x.strip())
+    out.update(models=list(models), scorer=lm.scorer_id, answers=n_answers, answer_tokens=n_tokens,
+               scorer_s=seconds, answers_per_s=n_answers / seconds, answer_tokens_per_s=n_tokens / seconds,
                peak_rss_mb_after_scorer=peak_rss_mb())
     for name in logit_lms:
         model = lm if name == scorer else load_lm(name, threads=threads)

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="scorer answers/s and peak RSS")
     common(b)
     b.set_defaults(n=64)
+    b.add_argument("--model", action="append", default=[], help="recorded model to score (default: first two)")
     b.add_argument("--logit", action="append", default=[], help="also time this model's footprint")
     return p
 
@@ -70,7 +71,9 @@ def main(argv: list[str]) -> int:
     if args.command == "bench":
         from descriptors.bench import bench
 
-        print(json.dumps(bench(args.benchmark, n=args.n, logit_lms=tuple(args.logit), threads=args.threads), indent=1))
+        result = bench(args.benchmark, n=args.n, models=tuple(args.model) or None, logit_lms=tuple(args.logit),
+                       threads=args.threads)
+        print(json.dumps(result, indent=1))
         return 0
 
     from descriptors.probes import build_probe_set
