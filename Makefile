@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
-UPSTREAM_PORT ?= 8100
+# the replay upstream listens where gateway.yaml points its providers (api_base: http://127.0.0.1:8100/v1)
+UPSTREAM_PORT := 8100
 
 .PHONY: install serve test lint
 
