@@ -22,7 +22,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 from pathlib import Path
@@ -50,6 +50,7 @@ class LM:
     tokenizer: Any  # tokenizers.Tokenizer
     bos_id: int | None  # prepended to every sequence when not None
     pad_id: int
+    _strings: list[str] | None = field(default=None, init=False, repr=False)
 
     @property
     def scorer_id(self) -> str:
@@ -60,9 +61,12 @@ class LM:
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def token_strings(self) -> list[str]:
-        """Every vocabulary id decoded on its own (what the model would print for it)."""
-        n = int(self.model.get_output_embeddings().weight.shape[0])
-        return list(self.tokenizer.decode_batch([[i] for i in range(n)], skip_special_tokens=False))
+        """Every vocabulary id decoded on its own (what the model would print for it); computed once
+        (Gemma's 262k ids take seconds)."""
+        if self._strings is None:
+            n = int(self.model.get_output_embeddings().weight.shape[0])
+            self._strings = list(self.tokenizer.decode_batch([[i] for i in range(n)], skip_special_tokens=False))
+        return self._strings
 
 
 def _package_version(dist: str) -> str:
