@@ -1,41 +1,75 @@
-"""Token counting for cost estimates, with tiktoken's BPE files taken from litellm's package.
+"""Token counting for cost estimates, offline.
 
-tiktoken downloads its BPE file on first use; this machine class has no internet, and litellm
-ships the cl100k/o200k files in ``litellm_core_utils/tokenizers``. Pointing ``TIKTOKEN_CACHE_DIR``
-there (unless the operator set it) makes counting work offline without importing litellm.
+tiktoken downloads its BPE file on first use and these machines have no internet; litellm ships
+the cl100k file (under its cache name) in ``litellm_core_utils/tokenizers``. ``load_cl100k`` builds
+the encoding from that file, hash-checked, without importing litellm (seconds) and without setting
+``TIKTOKEN_CACHE_DIR`` for the whole process.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
-import os
+import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import tiktoken
+
 from gateway.wire import message_text
+
+log = logging.getLogger(__name__)
 
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per message in OpenAI's chat format
 REPLY_PRIMING_TOKENS = 3
 
+_CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+_CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
+_CL100K_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+_CL100K_SPECIAL = {
+    "<|endoftext|>": 100257,
+    "<|fim_prefix|>": 100258,
+    "<|fim_middle|>": 100259,
+    "<|fim_suffix|>": 100260,
+    "<|endofprompt|>": 100276,
+}
 
-def _litellm_tokenizer_dir() -> Path | None:
+
+def _bundled_cl100k() -> Path | None:
+    """litellm ships tiktoken's cl100k file under its cache name (sha1 of the URL); find it
+    without importing litellm (several seconds)."""
     spec = importlib.util.find_spec("litellm")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
-    return path if path.is_dir() else None
+    name = hashlib.sha1(_CL100K_URL.encode()).hexdigest()
+    path = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers" / name
+    return path if path.is_file() else None
+
+
+def load_cl100k() -> tiktoken.Encoding:
+    """tiktoken's ``cl100k_base`` without the network: built from litellm's bundled BPE file when it
+    is there and its hash matches, else ``tiktoken.get_encoding`` (its cache, then a download).
+    Builds the encoding directly rather than setting ``TIKTOKEN_CACHE_DIR`` for the whole process."""
+    path = _bundled_cl100k()
+    if path is not None:
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() == _CL100K_SHA256:
+            ranks = {base64.b64decode(tok): int(rank) for tok, rank in (ln.split() for ln in data.splitlines() if ln)}
+            return tiktoken.Encoding(
+                name="cl100k_base", pat_str=_CL100K_PATTERN, mergeable_ranks=ranks, special_tokens=_CL100K_SPECIAL
+            )
+        log.warning("bundled cl100k file %s has the wrong hash; falling back to tiktoken", path)
+    return tiktoken.get_encoding("cl100k_base")
 
 
 @lru_cache(maxsize=1)
-def encoding() -> Any:
-    import tiktoken
-
-    if "TIKTOKEN_CACHE_DIR" not in os.environ:
-        local = _litellm_tokenizer_dir()
-        if local is not None:
-            os.environ["TIKTOKEN_CACHE_DIR"] = str(local)
-    return tiktoken.get_encoding("cl100k_base")
+def encoding() -> tiktoken.Encoding:
+    return load_cl100k()
 
 
 def count_text(text: str) -> int:
