@@ -65,3 +65,25 @@ def test_ready_reports_the_trained_router(client: openai.OpenAI) -> None:
 
     ready = httpx.get(str(client.base_url).removesuffix("/v1/") + "/ready").json()
     assert ready["checks"]["router"]["ok"] and ready["checks"]["router"]["policy"] != "cost-only"
+
+
+def test_kernel_shrink_artifact_serves_auto(prompts: list[str]) -> None:
+    from router_core.paths import artifacts_dir
+
+    up, stop_up = start_upstream()
+    raw: dict[str, Any] = yaml.safe_load((ROOT / "gateway.yaml").read_text())
+    raw["router"]["artifact"] = str(artifacts_dir() / "routerbench-kernel-shrink")
+    for p in raw["providers"]:
+        p["api_base"] = up
+    base, stop = start_gateway(raw)
+    try:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        picks: Counter[str] = Counter()
+        for prompt in prompts:
+            provider, policy = _route(client, "auto:cheap", prompt)
+            assert policy == "kernel-shrink" and provider == "mistral-7b-chat"
+            picks[_route(client, "auto:best", prompt)[0]] += 1
+        assert picks["mistral-7b-chat"] < len(prompts)
+    finally:
+        stop()
+        stop_up()
