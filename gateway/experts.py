@@ -72,11 +72,9 @@ async def install_experts(config: GatewayConfig, store: Store, router: Any, inst
     for p in config.providers:
         if p.descriptor is None or p.expert is None:
             continue
-        doc = _doc_for(p)
-        if doc is not None:
-            await store.put_doc(EXPERT_DOCS, p.expert, doc)
-        else:
-            doc = await store.get_doc(EXPERT_DOCS, p.expert)
+        # Publishing is publish_descriptors' job (the replica that applies a file first); here the
+        # file is only read, and the store is the fallback for replicas that lack it.
+        doc = _doc_for(p) or await store.get_doc(EXPERT_DOCS, p.expert)
         if doc is None:
             problems.append(f"{p.name}: descriptor {p.descriptor} neither readable here nor in the store")
             continue

@@ -60,6 +60,7 @@ class ConfigReloader:
         self.path = path
         self.status = ReloadStatus(sha256=digest(text) if text is not None else "", applied_at=time.time())
         self._file_sha = self.status.sha256
+        self._file_stat: tuple[int, int] | None = None  # (mtime_ns, size) last seen by the watcher
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._installed: dict[str, str] = {}  # expert -> descriptor hash in the router's index
@@ -170,17 +171,30 @@ class ConfigReloader:
         while True:
             await asyncio.sleep(self.state.config.server.reload_interval_s)
             try:
-                if self.path is not None:
-                    try:
-                        sha = digest(self.path.read_text())
-                    except OSError:
-                        sha = self._file_sha  # a file being replaced: look again next time
-                    if sha != self._file_sha:
-                        await self.reload_file()
+                if self.path is not None and self._file_changed():
+                    await self.reload_file()
                 if self.shared:
                     await self.sync_from_store()
             except Exception as exc:  # keep watching whatever happens (store outages included)
                 log.warning("config watch: %s: %s", type(exc).__name__, exc)
+
+    def _file_changed(self) -> bool:
+        """Cheap check first (mtime, size); the content hash only when those moved."""
+        path = self.path
+        if path is None:
+            return False
+        try:
+            st = path.stat()
+        except OSError:
+            return False  # a file being replaced: look again next time
+        if (st.st_mtime_ns, st.st_size) == self._file_stat:
+            return False
+        self._file_stat = (st.st_mtime_ns, st.st_size)
+        try:
+            return digest(path.read_text()) != self._file_sha
+        except OSError:
+            self._file_stat = None
+            return False
 
     async def stop(self) -> None:
         if self._task is not None:
