@@ -346,6 +346,8 @@ async def stream(state: GatewayState, plan: Plan) -> Response:
                 f"chunk; tried: {', '.join(plan.tried)}"
             ) from None
         upstream_s = time.perf_counter() - t
+        state.metrics.upstream.labels(provider.name).observe(upstream_s)  # to the first chunk
+        state.metrics.latency.observe(time.perf_counter() - plan.started)
         headers = _headers(state, plan, provider, upstream_s)
         headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
         relay = _relay(state, plan, provider, res, first, chunks)
