@@ -4,6 +4,9 @@
     cscr describe perplexity --model gpt-4-1106-preview [--model ...] | --all   --out descriptors_out/
                              [--answers answers.json]  (probe id -> answer text, for a model not in the data)
     cscr describe logit      --lm smollm2-135m | gemma3-270m | /path/to/hf_model  [--name NAME]  --out DIR
+    cscr describe live       --model openai/gpt-4o-mini [--api-base URL] [--api-key-env VAR]
+                             --input-usd-per-mtok 0.15 --output-usd-per-mtok 0.6 --max-cost-usd 0.5
+                             [--concurrency 4] [--retries 2] [--name NAME]  --out DIR | --out-file FILE
     cscr describe bench      [--n 64] [--logit gemma3-270m]
 
 Each descriptor goes to ``<out>/<model>.<kind>.json`` (``/`` in a model name becomes ``__``).
@@ -17,7 +20,7 @@ import logging
 import re
 from pathlib import Path
 
-from descriptors.probes import DEFAULT_N, DEFAULT_SEED
+from descriptors.probes import DEFAULT_N, DEFAULT_SEED, ProbeSet
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--max-prompt-tokens", type=int, default=128)
     lg.add_argument("--batch-size", type=int, default=8)
     lg.add_argument("--out", type=Path, required=True)
+    lv = sub.add_parser("live", help="perplexity fingerprint of a provider probed live through litellm")
+    common(lv)
+    lv.add_argument("--model", required=True, help="litellm model string, e.g. openai/gpt-4o-mini")
+    lv.add_argument("--api-base", default=None)
+    lv.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
+    lv.add_argument("--input-usd-per-mtok", type=float, required=True)
+    lv.add_argument("--output-usd-per-mtok", type=float, required=True)
+    lv.add_argument("--max-cost-usd", type=float, required=True, help="hard cap on what the probes may cost")
+    lv.add_argument("--concurrency", type=int, default=4)
+    lv.add_argument("--retries", type=int, default=2)
+    lv.add_argument("--max-tokens", type=int, default=256)
+    lv.add_argument("--timeout-s", type=float, default=60.0)
+    lv.add_argument("--max-missing", type=float, default=0.25, help="refuse when more probes than this fail")
+    lv.add_argument("--scorer", default="smollm2-135m")
+    lv.add_argument("--name", default=None, help="model name recorded in the file (default: --model)")
+    lv.add_argument("--no-progress", action="store_true")
+    dest = lv.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", type=Path, help="directory (file <name>.perplexity.json)")
+    dest.add_argument("--out-file", type=Path, help="exact file to write")
     b = sub.add_parser("bench", help="scorer answers/s and peak RSS")
     common(b)
     b.set_defaults(n=64)
@@ -106,6 +128,9 @@ def main(argv: list[str]) -> int:
             print(f"wrote {path}  mean_nll={d.settings['mean_nll']:.3f}  imputed={d.settings['n_imputed']}")
         return 0
 
+    if args.command == "live":
+        return _live(args, probes)
+
     from descriptors.logit import FootprintSettings, logit_descriptor
 
     lm = load_lm(args.lm, threads=args.threads)
@@ -114,4 +139,34 @@ def main(argv: list[str]) -> int:
     path = _out_path(args.out, d.model, d.kind)
     d.save(path)
     print(f"wrote {path}  {d.settings['seconds']}s  basis_mass={d.settings['basis_mass']:.3f}")
+    return 0
+
+
+def _live(args: argparse.Namespace, probes: ProbeSet) -> int:
+    import os
+
+    from descriptors.live import LiveTarget, ProbeSettings, live_descriptor
+    from descriptors.lm import load_lm
+    from descriptors.types import DescriptorError
+
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise SystemExit(f"cscr describe live: environment variable {args.api_key_env} is not set")
+    target = LiveTarget(args.model, args.api_base, api_key, args.input_usd_per_mtok, args.output_usd_per_mtok,
+                        args.timeout_s)
+    settings = ProbeSettings(concurrency=args.concurrency, retries=args.retries, max_cost_usd=args.max_cost_usd,
+                             max_tokens=args.max_tokens)
+    scorer = load_lm(args.scorer, threads=args.threads)
+    name = args.name or args.model
+    try:
+        d, run = live_descriptor(name, target, probes, scorer, settings, max_missing=args.max_missing,
+                                 progress=not args.no_progress, data_dir=args.data)
+    except DescriptorError as exc:
+        print(json.dumps({"ok": False, "error": str(exc)}))
+        return 2
+    path = args.out_file or _out_path(args.out, name, d.kind)
+    d.save(path)
+    print(json.dumps({"ok": True, "file": str(path), "probe_set": d.probe_set, "scorer": d.scorer, **run.summary()}))
     return 0
