@@ -194,7 +194,7 @@ async def probe_answers(
 
         completion = litellm.acompletion
     cache = _answers_cache(target, probes, settings)
-    answers = _load_cached(cache, len(probes)) if use_cache else [None] * len(probes)
+    answers: list[str | None] = _load_cached(cache, len(probes)) if use_cache else [None] * len(probes)
     cached = sum(a is not None for a in answers)
     errors: dict[int, str] = {}
     state = {"spent": 0.0, "reserved": 0.0, "calls": 0, "capped": False}
