@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--new-tokens", type=int, default=10)
     lg.add_argument("--max-prompt-tokens", type=int, default=128)
     lg.add_argument("--batch-size", type=int, default=8)
-    lg.add_argument("--out", type=Path, required=True)
+    lg_dest = lg.add_mutually_exclusive_group(required=True)
+    lg_dest.add_argument("--out", type=Path, help="directory (file <name>.logit.json)")
+    lg_dest.add_argument("--out-file", type=Path, help="exact file to write")
     lv = sub.add_parser("live", help="perplexity fingerprint of a provider probed live through litellm")
     common(lv)
     lv.add_argument("--model", required=True, help="litellm model string, e.g. openai/gpt-4o-mini")
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--timeout-s", type=float, default=60.0)
     lv.add_argument("--max-missing", type=float, default=0.25, help="refuse when more probes than this fail")
     lv.add_argument("--scorer", default="smollm2-135m")
+    lv.add_argument("--max-prompt-tokens", type=int, default=128)
+    lv.add_argument("--max-answer-tokens", type=int, default=64)
     lv.add_argument("--name", default=None, help="model name recorded in the file (default: --model)")
     lv.add_argument("--no-progress", action="store_true")
     dest = lv.add_mutually_exclusive_group(required=True)
@@ -136,7 +140,7 @@ def main(argv: list[str]) -> int:
     lm = load_lm(args.lm, threads=args.threads)
     fp = FootprintSettings(args.new_tokens, args.max_prompt_tokens, args.batch_size, args.k)
     d = logit_descriptor(lm, probes, fp, model=args.name)
-    path = _out_path(args.out, d.model, d.kind)
+    path = args.out_file or _out_path(args.out, d.model, d.kind)
     d.save(path)
     print(f"wrote {path}  {d.settings['seconds']}s  basis_mass={d.settings['basis_mass']:.3f}")
     return 0
@@ -147,6 +151,7 @@ def _live(args: argparse.Namespace, probes: ProbeSet) -> int:
 
     from descriptors.live import LiveTarget, ProbeSettings, live_descriptor
     from descriptors.lm import load_lm
+    from descriptors.perplexity import ScoreSettings
     from descriptors.types import DescriptorError
 
     api_key = None
@@ -162,7 +167,8 @@ def _live(args: argparse.Namespace, probes: ProbeSet) -> int:
     name = args.name or args.model
     try:
         d, run = live_descriptor(name, target, probes, scorer, settings, max_missing=args.max_missing,
-                                 progress=not args.no_progress, data_dir=args.data)
+                                 progress=not args.no_progress, data_dir=args.data,
+                                 score_settings=ScoreSettings(args.max_prompt_tokens, args.max_answer_tokens))
     except DescriptorError as exc:
         print(json.dumps({"ok": False, "error": str(exc)}))
         return 2

@@ -111,7 +111,8 @@ def create_app(
         checks: dict[str, Any] = {
             "config": {"ok": True, "source": state.config.source, "providers": len(state.config.providers),
                        "sha256": status.sha256[:12], "version": status.version,
-                       "last_reload_error": status.last_error, "expert_problems": status.expert_problems},
+                       "last_reload_error": status.last_error, "expert_problems": status.expert_problems,
+                       "descriptor_jobs": state.reloader.jobs.status},
             "router": {"ok": state.router_problem is None, "policy": state.router.name,
                        "problem": state.router_problem},
         }

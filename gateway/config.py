@@ -44,6 +44,26 @@ class RouterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DescribeConfig:
+    """How the gateway makes a provider's descriptor itself when it joins (``descriptor:`` mapping).
+
+    ``probe``: send the router's probe prompts to the provider through litellm and fingerprint the
+    answers with the scorer LM (perplexity kind), spending at most ``max_cost_usd``.
+    ``logit``: the logit footprint of a local open-weight model (``lm``: a packaged model name or
+    a transformers directory); costs CPU, no money.
+    """
+
+    method: Literal["probe", "logit"]
+    lm: str | None = None  # logit: which local model
+    max_cost_usd: float = 1.0
+    concurrency: int = 4
+    retries: int = 2
+    max_tokens: int = 256
+    max_missing: float = 0.25  # refuse a fingerprint when more of the probes than this fail
+    timeout_s: float = 3600.0  # the whole job (probing + scoring)
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
     model: str  # litellm model string, e.g. "openai/gpt-4o-mini"
@@ -55,6 +75,7 @@ class ProviderConfig:
     timeout_s: float = 60.0
     expert: str | None = None  # expert key name in the router artifact
     descriptor: str | None = None  # file with this model's descriptor vector (a model the artifact lacks)
+    describe: DescribeConfig | None = None  # or: the gateway makes the descriptor when the provider joins
     transport: Transport = "auto"
 
     @property
@@ -226,6 +247,7 @@ def _provider(r: _Reader, env: Mapping[str, str], litellm_prices: Any) -> Provid
             )
         in_price = listed[0] if in_price is None else in_price
         out_price = listed[1] if out_price is None else out_price
+    descriptor_file, describe = _descriptor(r)
     cfg = ProviderConfig(
         name=name,
         model=model,
@@ -237,11 +259,63 @@ def _provider(r: _Reader, env: Mapping[str, str], litellm_prices: Any) -> Provid
         timeout_s=r.number("timeout_s", 60.0, lo=0.001),
         # A model added by descriptor is its own expert unless it names one.
         expert=r.get("expert", str) or (name if r.raw.get("descriptor") else None),
-        descriptor=r.get("descriptor", str),
+        descriptor=descriptor_file,
+        describe=describe,
         transport=transport,
     )
     r.done()
     return cfg
+
+
+def _descriptor(r: _Reader) -> tuple[str | None, DescribeConfig | None]:
+    """``descriptor:`` is a file path, ``probe`` (defaults), or a mapping with one of ``file``,
+    ``probe: {max_cost_usd, concurrency, retries, max_tokens, max_missing, timeout_s}`` or
+    ``logit: {lm, timeout_s}`` (or ``logit: LM``)."""
+    raw = r.raw.get("descriptor")
+    if raw is None:
+        r.seen.add("descriptor")
+        return None, None
+    if isinstance(raw, str):
+        r.seen.add("descriptor")
+        return (None, DescribeConfig("probe")) if raw == "probe" else (raw, None)
+    d = r.sub("descriptor")
+    assert d is not None
+    given = [k for k in ("file", "probe", "logit") if k in d.raw]
+    if len(given) != 1:
+        raise ConfigError(r.file, d.path, "give exactly one of file, probe, logit")
+    if given[0] == "file":
+        path = d.get("file", str, required=True)
+        d.done()
+        return path, None
+    if given[0] == "logit" and isinstance(d.raw["logit"], str):
+        d.seen.add("logit")
+        d.done()
+        return None, DescribeConfig("logit", lm=d.raw["logit"])
+    sub = d.sub(given[0])
+    if sub is None:  # `probe:` with nothing under it
+        d.done()
+        return None, DescribeConfig("probe") if given[0] == "probe" else _missing_lm(d)
+    base = DescribeConfig("probe")
+    if given[0] == "probe":
+        out = DescribeConfig(
+            "probe",
+            max_cost_usd=sub.number("max_cost_usd", base.max_cost_usd, lo=0.0),
+            concurrency=int(sub.number("concurrency", base.concurrency, lo=1, hi=256)),
+            retries=int(sub.number("retries", base.retries, lo=0, hi=20)),
+            max_tokens=int(sub.number("max_tokens", base.max_tokens, lo=1)),
+            max_missing=sub.number("max_missing", base.max_missing, lo=0.0, hi=1.0),
+            timeout_s=sub.number("timeout_s", base.timeout_s, lo=1.0),
+        )
+    else:
+        out = DescribeConfig("logit", lm=sub.get("lm", str, required=True),
+                             timeout_s=sub.number("timeout_s", base.timeout_s, lo=1.0))
+    sub.done()
+    d.done()
+    return None, out
+
+
+def _missing_lm(d: _Reader) -> DescribeConfig:
+    raise ConfigError(d.file, d._field("logit"), "needs the local model: logit: smollm2-135m, or logit: {lm: ...}")
 
 
 def _key(r: _Reader, providers: set[str]) -> KeyConfig:

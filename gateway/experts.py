@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from gateway.config import GatewayConfig, ProviderConfig
+from gateway.describe import DescriptorJobs, incompatibility
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,37 @@ async def publish_descriptors(config: GatewayConfig, store: Store) -> None:
                 await store.put_doc(EXPERT_DOCS, p.expert, doc)
 
 
-async def install_experts(config: GatewayConfig, store: Store, router: Any, installed: dict[str, str]) -> list[str]:
+async def install_experts(
+    config: GatewayConfig, store: Store, router: Any, installed: dict[str, str], jobs: DescriptorJobs | None = None
+) -> list[str]:
     """Add the descriptor-keyed experts of ``config`` to ``router``. ``installed`` (expert ->
     descriptor hash) remembers what is in the index already. Returns the problems, one per expert
-    that could not be installed (such a provider is still served, ranked after the known ones)."""
+    that could not be installed (such a provider is still served, ranked after the known ones).
+
+    Providers with ``describe`` get their descriptor from ``jobs`` (``gateway.describe``): from the
+    store if it was made before, else made in the background; they join when it is ready."""
     if not hasattr(router, "add_expert"):
-        return []
+        return [f"{p.name}: the router cannot add experts" for p in config.providers if p.describe is not None]
     problems: list[str] = []
+    spec = getattr(router, "descriptor_spec", None)
     for p in config.providers:
+        if p.describe is not None and p.expert is not None:
+            why = incompatibility(p, spec)
+            if why is not None:
+                problems.append(f"{p.name}: {why}")
+                continue
+            if jobs is None:
+                problems.append(f"{p.name}: descriptors are not made here (no job runner)")
+                continue
+            assert spec is not None
+            try:
+                made = await jobs.ensure(p, spec)
+            except RuntimeError as exc:
+                problems.append(f"{p.name}: descriptor could not be made: {exc}")
+                continue
+            if made is not None:
+                problems += _add(router, p, made, installed, f"made on arrival ({made.get('key')})")
+            continue
         if p.descriptor is None or p.expert is None:
             continue
         # Publishing is publish_descriptors' job (the replica that applies a file first); here the
@@ -78,13 +102,18 @@ async def install_experts(config: GatewayConfig, store: Store, router: Any, inst
         if doc is None:
             problems.append(f"{p.name}: descriptor {p.descriptor} neither readable here nor in the store")
             continue
-        if installed.get(p.expert) == doc["sha256"]:
-            continue
-        try:
-            router.add_expert(p.expert, np.asarray(doc["vector"], dtype=np.float32))
-        except ValueError as exc:  # wrong dimension, or an artifact with learned keys
-            problems.append(f"{p.name}: descriptor rejected by the router: {exc}")
-            continue
-        installed[p.expert] = doc["sha256"]
-        log.info("expert %s installed from its descriptor (%s)", p.expert, doc["source"])
+        problems += _add(router, p, doc, installed, str(doc["source"]))
     return problems
+
+
+def _add(router: Any, p: ProviderConfig, doc: dict[str, Any], installed: dict[str, str], source: str) -> list[str]:
+    assert p.expert is not None
+    if installed.get(p.expert) == doc["sha256"]:
+        return []
+    try:
+        router.add_expert(p.expert, np.asarray(doc["vector"], dtype=np.float32))
+    except ValueError as exc:  # wrong dimension, or an artifact with learned keys
+        return [f"{p.name}: descriptor rejected by the router: {exc}"]
+    installed[p.expert] = doc["sha256"]
+    log.info("expert %s installed from its descriptor (%s)", p.expert, source)
+    return []

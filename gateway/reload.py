@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewayConfig, parse_config_text, read_config_text
+from gateway.describe import DescriptorJobs
 from gateway.errors import ConfigError
 from gateway.experts import install_experts, publish_descriptors
 
@@ -64,6 +65,7 @@ class ConfigReloader:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._installed: dict[str, str] = {}  # expert -> descriptor hash in the router's index
+        self.jobs = DescriptorJobs(state.store, self._reinstall)  # descriptors made on arrival
 
     @property
     def shared(self) -> bool:
@@ -72,13 +74,23 @@ class ConfigReloader:
     # --- applying ---------------------------------------------------------------------------------
 
     async def _install(self, config: GatewayConfig) -> None:
+        before = set(self.status.expert_problems)
         try:
             self.status.expert_problems = await install_experts(config, self.state.store, self.state.router,
-                                                                self._installed)
+                                                                self._installed, self.jobs)
         except Exception as exc:  # the store may be down: the provider is still served, by cost
             self.status.expert_problems = [f"experts not installed: {type(exc).__name__}: {exc}"]
         for problem in self.status.expert_problems:
-            log.error("%s", problem)
+            if problem not in before:  # the watcher re-installs while descriptors are made: say it once
+                log.error("%s", problem)
+        names = {p.name for p in config.providers}
+        for gone in set(self.jobs.status) - names:
+            del self.jobs.status[gone]
+
+    async def _reinstall(self) -> None:
+        """A descriptor job of this replica finished: install it now (not at the next tick)."""
+        async with self._lock:
+            await self._install(self.state.config)
 
     async def _apply(self, config: GatewayConfig, sha: str, version: int) -> None:
         # Experts first: a new provider is routable the moment it appears in the config.
@@ -175,6 +187,9 @@ class ConfigReloader:
                     await self.reload_file()
                 if self.shared:
                     await self.sync_from_store()
+                if self.jobs.waiting:  # a descriptor being made (here or by another replica) may be ready
+                    async with self._lock:
+                        await self._install(self.state.config)
             except Exception as exc:  # keep watching whatever happens (store outages included)
                 log.warning("config watch: %s: %s", type(exc).__name__, exc)
 
@@ -197,6 +212,7 @@ class ConfigReloader:
             return False
 
     async def stop(self) -> None:
+        await self.jobs.aclose()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -55,6 +55,13 @@ class Store(Protocol):
     async def hit(self, counter: str, amount: int, limit: int, window_s: int) -> bool:
         """Fixed-window rate limit: add ``amount``; False (and nothing added) if it would pass ``limit``."""
 
+    async def acquire(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take the lease ``name`` for ``owner`` unless someone else holds it; it lapses after
+        ``ttl_s`` (a crashed holder cannot block the others forever)."""
+
+    async def release(self, name: str, owner: str) -> None:
+        """Drop the lease if ``owner`` still holds it."""
+
     async def get_doc(self, kind: str, name: str) -> dict[str, Any] | None: ...
 
     async def put_doc(self, kind: str, name: str, doc: dict[str, Any]) -> None: ...
@@ -88,6 +95,7 @@ class MemoryStore:
         self.url = url
         self._accounts: dict[str, _Account] = {}
         self._windows: dict[str, tuple[int, int]] = {}  # counter -> (window number, used)
+        self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, monotonic expiry)
         self._docs: dict[str, dict[str, dict[str, Any]]] = {}
         self._ids = itertools.count(1)
 
@@ -126,6 +134,18 @@ class MemoryStore:
             return False
         self._windows[counter] = (window, used + amount)
         return True
+
+    async def acquire(self, name: str, owner: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        held = self._leases.get(name)
+        if held is not None and held[0] != owner and held[1] > now:
+            return False
+        self._leases[name] = (owner, now + ttl_s)
+        return True
+
+    async def release(self, name: str, owner: str) -> None:
+        if self._leases.get(name, ("", 0.0))[0] == owner:
+            del self._leases[name]
 
     async def get_doc(self, kind: str, name: str) -> dict[str, Any] | None:
         doc = self._docs.get(kind, {}).get(name)
@@ -208,6 +228,12 @@ return 1
 """
 
 
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class RedisStore:
     """Shared by replicas. Every read-modify-write is one Lua script (atomic on the server)."""
 
@@ -222,6 +248,7 @@ class RedisStore:
         self._settle = self._redis.register_script(_SETTLE)
         self._spent = self._redis.register_script(_SPENT)
         self._hit = self._redis.register_script(_HIT)
+        self._release = self._redis.register_script(_RELEASE)
 
     def _account_keys(self, account: str) -> list[str]:
         # {account} is a hash tag: one account's keys live in one Redis Cluster slot.
@@ -250,6 +277,15 @@ class RedisStore:
         window = int(time.time() // window_s)
         ok = await self._hit(keys=[f"{self._prefix}rate:{counter}:{window}"], args=[amount, limit, window_s])
         return int(ok) == 1
+
+    async def acquire(self, name: str, owner: str, ttl_s: float) -> bool:
+        key = f"{self._prefix}lease:{name}"
+        if await self._redis.set(key, owner, nx=True, px=max(int(ttl_s * 1000), 1)):
+            return True
+        return bool(await self._redis.get(key) == owner)  # re-entrant for its holder
+
+    async def release(self, name: str, owner: str) -> None:
+        await self._release(keys=[f"{self._prefix}lease:{name}"], args=[owner])
 
     async def get_doc(self, kind: str, name: str) -> dict[str, Any] | None:
         raw = await self._redis.hget(f"{self._prefix}docs:{kind}", name)

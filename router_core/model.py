@@ -40,6 +40,9 @@ class RouterConfig:
     dropout: float = 0.1
     keys: str = "descriptor"  # "learned" | "descriptor"
     descriptor_dim: int = 0
+    # what the descriptor is: "accuracy" (graded answers on probe clusters, computed in training) or
+    # a descriptor-file kind ("perplexity"), given to ``cscr train --descriptor-dir``
+    descriptor: str = "accuracy"
     # loss (paper defaults)
     loss: str = "cscr"  # "cscr" | "infonce"
     n_bands: int = 5

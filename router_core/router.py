@@ -210,11 +210,22 @@ class CSCRRouter:
         """Unit query vector of a prompt: routing text -> frozen encoder -> head. (out_dim,)"""
         return numpy_head(self._weights, self.encoder.encode(routing_text(prompt)))
 
+    @property
+    def descriptor_spec(self) -> dict[str, object] | None:
+        """Which descriptors this router's keys come from (kind, probe set, scorer, settings), so a new
+        model's descriptor can be made the same way; None for accuracy fingerprints / learned keys."""
+        spec = self.artifact.meta.get("descriptor_spec")
+        return dict(spec) if isinstance(spec, dict) else None
+
     def key_for_descriptor(self, descriptor: np.ndarray) -> np.ndarray:
         """Expert key of a model from its descriptor (descriptor-keyed artifacts only)."""
         if self.artifact.config.keys != "descriptor":
             raise ValueError("this artifact learned its keys; a new expert needs retraining")
-        return numpy_key_map(self._weights, np.asarray(descriptor, dtype=np.float32)[None, :])[0]
+        vec = np.asarray(descriptor, dtype=np.float32).reshape(-1)
+        if vec.shape[0] != self.artifact.config.descriptor_dim or not np.all(np.isfinite(vec)):
+            raise ValueError(f"descriptor of dimension {vec.shape[0]} (finite: {bool(np.all(np.isfinite(vec)))}); "
+                             f"this artifact needs {self.artifact.config.descriptor_dim} finite values")
+        return numpy_key_map(self._weights, vec[None, :])[0]
 
     def add_expert(self, name: str, descriptor: np.ndarray) -> None:
         """Add or replace an expert from its descriptor; no retraining."""

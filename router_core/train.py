@@ -83,6 +83,38 @@ def accuracy_fingerprints(
     return fingerprint(quality[probe], labels, len(cent)), cent, probe
 
 
+def load_descriptor_dir(directory: Path, models: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Descriptor files (``cscr describe ... --out DIR``) of ``models`` -> ((M, F) vectors, spec).
+
+    Every file must share kind, probe set and scorer (otherwise the vectors are not comparable);
+    the spec (kind, probe_set, scorer, scoring settings) goes into the artifact so the gateway can
+    make a new model's descriptor the same way.
+    """
+    import json
+
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path(directory).glob("*.json")):
+        raw = json.loads(path.read_text())
+        if isinstance(raw, dict) and "vector" in raw and raw.get("model") in models:
+            found[raw["model"]] = raw
+    missing = [m for m in models if m not in found]
+    if missing:
+        raise ValueError(f"{directory}: no descriptor file for {missing}")
+    specs = {(d["kind"], d["probe_set"], d["scorer"]) for d in found.values()}
+    if len(specs) != 1:
+        raise ValueError(f"{directory}: descriptors of different kinds / probe sets / scorers: {sorted(specs)}")
+    kind, probe_set, scorer = specs.pop()
+    first = found[models[0]]["settings"]
+    keep = ("max_prompt_tokens", "max_answer_tokens", "new_tokens", "k", "basis_sha256", "conditioning",
+            "normalisation")
+    spec = {"kind": kind, "probe_set": probe_set, "scorer": scorer,
+            "settings": {k: first[k] for k in keep if k in first}}
+    vecs = np.array([found[m]["vector"] for m in models], dtype=np.float32)
+    if not np.all(np.isfinite(vecs)):
+        raise ValueError(f"{directory}: non-finite descriptor values")
+    return vecs, spec
+
+
 def descriptor_from_probe_answers(artifact: RouterArtifact, correctness: Mapping[str, float]) -> np.ndarray:
     """A NEW model's descriptor from its graded answers on the artifact's probe prompts.
 
@@ -191,8 +223,18 @@ def evaluate(artifact: RouterArtifact, emb: np.ndarray, quality: np.ndarray, cos
     return {"audc": stats.audc, "audc_log": stats.audc_log, "peak": stats.peak, "qnc": stats.qnc}
 
 
-def train_artifact(bench: Benchmark, emb: np.ndarray, cfg: RouterConfig, progress: bool = True) -> RouterArtifact:
-    """Train on the benchmark's ``train`` rows of ``emb`` (N, D); metrics on its ``test`` rows."""
+def train_artifact(
+    bench: Benchmark,
+    emb: np.ndarray,
+    cfg: RouterConfig,
+    progress: bool = True,
+    descriptor_dir: Path | None = None,
+) -> RouterArtifact:
+    """Train on the benchmark's ``train`` rows of ``emb`` (N, D); metrics on its ``test`` rows.
+
+    Descriptor keys come from ``descriptor_dir`` (descriptor files, e.g. perplexity fingerprints)
+    when given, else from accuracy fingerprints computed here.
+    """
     tr = bench.split == "train"
     te = bench.split == "test"
     if not tr.any():
@@ -200,7 +242,12 @@ def train_artifact(bench: Benchmark, emb: np.ndarray, cfg: RouterConfig, progres
     weights: dict[str, np.ndarray] = {}
     descriptors = None
     meta_probe: dict[str, Any] = {}
-    if cfg.keys == "descriptor":
+    if cfg.keys == "descriptor" and descriptor_dir is not None:
+        descriptors, spec = load_descriptor_dir(descriptor_dir, list(bench.models))
+        cfg = replace(cfg, descriptor_dim=int(descriptors.shape[1]), descriptor=spec["kind"])
+        weights["descriptors"] = descriptors
+        meta_probe = {"descriptor": f"{spec['kind']} descriptor files", "descriptor_spec": spec}
+    elif cfg.keys == "descriptor":
         descriptors, centroids, probe = accuracy_fingerprints(
             emb[tr], bench.quality[tr], PROBE_SIZE, PROBE_CLUSTERS, cfg.seed
         )
@@ -272,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default=d.encoder, choices=sorted(ENCODERS))
     p.add_argument("--loss", default=d.loss, choices=["cscr", "infonce"])
     p.add_argument("--keys", default=d.keys, choices=["descriptor", "learned"])
+    p.add_argument("--descriptor-dir", type=Path, default=None,
+                   help="descriptor files of every model (cscr describe ... --out DIR); default: accuracy fingerprints")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -317,7 +366,7 @@ def main(argv: list[str]) -> int:
         seed=args.seed,
         top_k=args.top_k,
     )
-    artifact = train_artifact(bench, emb, cfg, progress=not args.no_progress)
+    artifact = train_artifact(bench, emb, cfg, progress=not args.no_progress, descriptor_dir=args.descriptor_dir)
     artifact.meta["command"] = "cscr train " + " ".join(argv)
     artifact.save(args.out)
     m = artifact.meta.get("metrics_test", {})

@@ -177,21 +177,20 @@ def test_two_replicas_converge_through_redis(tmp_path: Path, upstream: str) -> N
 
 
 def _probe_descriptor(tmp_path: Path, model_column: str) -> Path:
-    """The descriptor a new model gets from its graded answers on the artifact's probe prompts."""
+    """The descriptor file of a model: its perplexity fingerprint on the artifact's probe set, as
+    ``cscr describe perplexity --model <model>`` writes it (the artifact keeps its training models')."""
     import json
 
-    from router_core.data import load_benchmark
     from router_core.model import RouterArtifact
     from router_core.router import bundled_artifact_path
-    from router_core.train import descriptor_from_probe_answers
 
     artifact = RouterArtifact.load(bundled_artifact_path())
-    bench = load_benchmark("routerbench")
-    column = bench.quality[:, bench.models.index(model_column)]
-    graded = dict(zip(bench.prompt_ids, column.astype(float), strict=True))
-    vector = descriptor_from_probe_answers(artifact, {i: graded[i] for i in artifact.meta["probe_ids"]})
-    path = tmp_path / "new-model.descriptor.json"
-    path.write_text(json.dumps({"vector": [float(x) for x in vector], "source": "probe answers"}))
+    assert artifact.descriptors is not None
+    vector = artifact.descriptors[artifact.experts.index(model_column)]
+    spec = artifact.meta["descriptor_spec"]
+    path = tmp_path / "new-model.perplexity.json"
+    path.write_text(json.dumps({"vector": [float(x) for x in vector], "kind": spec["kind"],
+                                "probe_set": spec["probe_set"], "scorer": spec["scorer"], "model": model_column}))
     return path
 
 
@@ -233,5 +232,116 @@ def test_provider_added_by_descriptor_gets_the_prompts_it_is_best_for(tmp_path: 
         assert ready["expert_problems"] == []
         print(f"\nbefore: {before}\nafter:  {after}")
         assert "newcomer" not in before and after.get("newcomer", 0) > 0
+    finally:
+        stop()
+
+
+def _auto_decisions(base: str, prompts: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for prompt in prompts:
+        r = httpx.post(base + "/v1/chat/completions",
+                       json={"model": "auto", "messages": [{"role": "user", "content": prompt}]})
+        assert r.status_code == 200, r.text
+        counts[r.headers["x-cscr-provider"]] = counts.get(r.headers["x-cscr-provider"], 0) + 1
+    return counts
+
+
+def _test_prompts(per_task: int) -> list[str]:
+    import pandas as pd
+
+    from router_core.paths import default_data_dir
+
+    df = pd.read_parquet(default_data_dir() / "routerbench_subset" / "routerbench_subset.parquet")
+    return [str(p) for _, g in df[df.split == "test"].groupby("eval_name") for p in g.prompt_text.head(per_task)]
+
+
+def _jobs(base: str) -> dict[str, Any]:
+    jobs: dict[str, Any] = httpx.get(base + "/ready").json()["checks"]["config"]["descriptor_jobs"]
+    return jobs
+
+
+@pytest.mark.slow
+def test_provider_probed_on_arrival_on_two_replicas(tmp_path: Path, upstream: str) -> None:
+    """``descriptor: probe``: one replica probes the newcomer through litellm (the replay upstream
+    answers as gpt-4 did), scores the answers, stores the descriptor; both replicas route to it; a
+    replica started later takes it from the store without probing again."""
+    raw = yaml.safe_load((ROOT / "gateway.yaml").read_text())
+    pool = [p for p in raw["providers"] if p["expert"] != "gpt-4-1106-preview"]
+    for p in pool:
+        p["api_base"] = upstream
+    prompts = _test_prompts(6)
+    with redis_server(tmp_path) as srv:
+        cfg = {"store": srv.url, "server": {"reload_interval_s": 0.1}, "router": {"default_tradeoff": 0.0},
+               "providers": pool}
+        paths = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
+        for p in paths:
+            _write(p, cfg)
+        ports = [free_port(), free_port(), free_port()]
+        bases = [f"http://127.0.0.1:{p}" for p in ports]
+        procs = [_serve(paths[0], ports[0]), _serve(paths[1], ports[1])]
+        try:
+            for port in ports[:2]:
+                _wait_for(lambda port=port: _ready(port), timeout=90)
+            before = _auto_decisions(bases[0], prompts)
+            new = {"name": "newcomer", "model": "openai/gpt-4-1106-preview", "api_base": upstream,
+                   "input_usd_per_mtok": 10.0, "output_usd_per_mtok": 30.0,
+                   "descriptor": {"probe": {"max_cost_usd": 1.5, "concurrency": 8}}}
+            saved = _write(paths[0], {**cfg, "providers": [*pool, new]})
+            # served at once (ranked after the known experts) while its descriptor is being made
+            _wait_for(lambda: _named_ok(bases[1], "newcomer"))
+            states = {_jobs(b).get("newcomer", {}).get("state") for b in bases[:2]}
+            assert states <= {"running", "elsewhere", "ready"} and "running" in states | {"ready"}
+            live = [_wait_for(lambda b=b: _jobs(b).get("newcomer", {}).get("state") == "ready", timeout=600)
+                    for b in bases[:2]]
+            print(f"\nprobe on arrival: file save -> routable on both replicas in "
+                  f"{(max(live) - saved):.0f} s (probing 192 prompts + scoring them)")
+            report = _jobs(bases[0])["newcomer"]["report"]
+            assert report["answered"] == 192 and 0 < report["spent_usd"] <= 1.5, report
+            after = [_auto_decisions(b, prompts) for b in bases[:2]]
+            print(f"before: {before}\nafter:  {after[0]}")
+            assert "newcomer" not in before and all(a.get("newcomer", 0) > 0 for a in after)
+            for b in bases[:2]:
+                assert httpx.get(b + "/ready").json()["checks"]["config"]["expert_problems"] == []
+            # a replica started later takes the descriptor from the store: ready at once, no job
+            procs.append(_serve(paths[1], ports[2]))
+            _wait_for(lambda: _ready(ports[2]), timeout=90)
+            _wait_for(lambda: _jobs(bases[2]).get("newcomer", {}).get("state") == "ready", timeout=10)
+            assert _auto_decisions(bases[2], prompts).get("newcomer", 0) > 0
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def test_descriptor_job_failure_is_visible_and_the_provider_still_serves(tmp_path: Path, upstream: str) -> None:
+    """A provider whose probes all fail (its upstream answers 500) gets no descriptor: the failure is
+    on /ready, and the provider is served, ranked after the known experts."""
+    raw = yaml.safe_load((ROOT / "gateway.yaml").read_text())
+    pool = [p for p in raw["providers"] if p["expert"] in ("mistralai/mistral-7b-chat", "claude-v2")]
+    for p in pool:
+        p["api_base"] = upstream
+    broken = {"name": "broken", "model": "openai/gpt-4-1106-preview#fault=status:500", "api_base": upstream,
+              "input_usd_per_mtok": 10.0, "output_usd_per_mtok": 30.0,
+              "descriptor": {"probe": {"max_cost_usd": 0.05, "retries": 0}}}
+    path = tmp_path / "gateway.yaml"
+    _write(path, {"server": {"reload_interval_s": 0.1}, "providers": [*pool, broken]})
+    base, stop = start_gateway(path)
+    try:
+        _wait_for(lambda: _jobs(base).get("broken", {}).get("state") == "failed", timeout=300)
+        job = _jobs(base)["broken"]
+        assert "unanswered" in job["error"] or "cap" in job["error"], job
+        def problems() -> list[str]:
+            found: list[str] = httpx.get(base + "/ready").json()["checks"]["config"]["expert_problems"]
+            return found
+
+        _wait_for(lambda: any(p.startswith("broken: descriptor could not be made") for p in problems()))
+        r = httpx.post(base + "/v1/chat/completions", json={"model": "auto", "messages": [
+            {"role": "user", "content": "hi"}]})
+        assert r.status_code == 200 and r.headers["x-cscr-provider"] != "broken"
     finally:
         stop()
