@@ -46,6 +46,13 @@ def test_default_gateway_yaml_loads() -> None:
                                                 "allowed_providers": ["p9"]}]},
          "keys[0].allowed_providers[0]", "unknown provider"),
         ([1, 2], "<root>", "expected a mapping"),
+        ({"providers": [_provider(descriptor={"probe": {}, "file": "x"})]}, "providers[0].descriptor",
+         "exactly one of"),
+        ({"providers": [_provider(descriptor={"probe": {"max_cost_usd": -1}})]},
+         "providers[0].descriptor.probe.max_cost_usd", "outside"),
+        ({"providers": [_provider(descriptor={"probe": {"budget": 1}})]}, "providers[0].descriptor.probe.budget",
+         "unknown key"),
+        ({"providers": [_provider(descriptor={"logit": {}})]}, "providers[0].descriptor.logit.lm", "is required"),
     ],
 )
 def test_errors_name_file_and_field(raw: Any, field: str, reason: str) -> None:
@@ -54,6 +61,22 @@ def test_errors_name_file_and_field(raw: Any, field: str, reason: str) -> None:
     assert info.value.file == "conf.yaml" and info.value.field == field
     assert reason in info.value.reason
     assert str(info.value).startswith(f"conf.yaml: {field}: ")
+
+
+def test_descriptor_sources() -> None:
+    def one(descriptor: Any) -> Any:
+        return parse_config({"providers": [_provider(descriptor=descriptor)]}, env={}).providers[0]
+
+    f = one("d/model.json")
+    assert f.descriptor == "d/model.json" and f.describe is None and f.expert == "p1"
+    assert one({"file": "d/m.json"}).descriptor == "d/m.json"
+    probe = one("probe").describe
+    assert probe is not None and probe.method == "probe" and probe.max_cost_usd == 1.0
+    custom = one({"probe": {"max_cost_usd": 0.25, "concurrency": 2, "retries": 0}}).describe
+    assert (custom.method, custom.max_cost_usd, custom.concurrency, custom.retries) == ("probe", 0.25, 2, 0)
+    logit = one({"logit": "smollm2-135m"}).describe
+    assert logit.method == "logit" and logit.lm == "smollm2-135m"
+    assert one({"logit": {"lm": "gemma3-270m", "timeout_s": 60}}).describe.timeout_s == 60.0
 
 
 def test_secret_from_env_is_resolved_and_never_in_repr() -> None:

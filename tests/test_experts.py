@@ -71,3 +71,53 @@ async def test_problems_are_reported_not_raised(tmp_path: Path) -> None:
     path.unlink()
     problems = await install_experts(config, MemoryStore(), FakeIndexRouter(3), {})  # type: ignore[arg-type]
     assert len(problems) == 1 and "neither readable" in problems[0]
+
+
+SPEC = {"kind": "perplexity", "probe_set": "routerbench-n192-s0-c5d4cbe984da", "scorer": "smollm2-135m@0.1.2",
+        "settings": {"max_prompt_tokens": 128, "max_answer_tokens": 64}}
+
+
+class SpecRouter(FakeIndexRouter):
+    descriptor_spec = SPEC
+
+
+def _describing(descriptor: object, **extra: object) -> object:
+    return parse_config({"providers": [{"name": "newbie", "model": "openai/x", "api_base": "http://x/v1",
+                                        "api_key_env": "NEWBIE_KEY", "input_usd_per_mtok": 1,
+                                        "output_usd_per_mtok": 2, "descriptor": descriptor, **extra}]},
+                        env={"NEWBIE_KEY": "sk-secret-newbie"})
+
+
+async def test_a_descriptor_the_router_cannot_compare_is_refused_visibly() -> None:
+    from gateway.describe import DescriptorJobs
+
+    async def nothing() -> None:
+        return None
+
+    jobs = DescriptorJobs(MemoryStore(), nothing)
+    logit = _describing({"logit": "smollm2-135m"})
+    problems = await install_experts(logit, MemoryStore(), SpecRouter(192), {}, jobs)  # type: ignore[arg-type]
+    assert len(problems) == 1 and "perplexity descriptors" in problems[0] and "not be comparable" in problems[0]
+    unspecified = await install_experts(_describing("probe"), MemoryStore(), FakeIndexRouter(9), {}, jobs)  # type: ignore[arg-type]
+    assert "does not say which descriptor space" in unspecified[0]
+    assert jobs.status == {}  # nothing was started
+
+
+def test_probe_job_command_carries_the_spec_and_no_secret() -> None:
+    from gateway.describe import cache_key, command
+
+    cfg = _describing({"probe": {"max_cost_usd": 0.3, "concurrency": 2}})
+    p = cfg.providers[0]  # type: ignore[attr-defined]
+    cmd = command(p, SPEC, Path("/tmp/out.json"))
+    joined = " ".join(cmd)
+    assert "sk-secret-newbie" not in joined and "--api-key-env CSCR_PROBE_API_KEY" in joined
+    for part in ("describe live", "--benchmark routerbench", "--n 192", "--seed 0", "--scorer smollm2-135m",
+                 "--max-cost-usd 0.3", "--concurrency 2", "--max-answer-tokens 64", "--input-usd-per-mtok 1.0"):
+        assert part in joined, part
+    # the cache key changes with the provider, the model string, the probe set and the scorer
+    other = parse_config({"providers": [{"name": "newbie", "model": "openai/y", "api_base": "http://x/v1",
+                                         "input_usd_per_mtok": 1, "output_usd_per_mtok": 2,
+                                         "descriptor": "probe"}]}, env={}).providers[0]
+    keys = {cache_key(p, SPEC), cache_key(other, SPEC), cache_key(p, {**SPEC, "scorer": "other@1"}),
+            cache_key(p, {**SPEC, "probe_set": "routerbench-n64-s0-000000000000"})}
+    assert len(keys) == 4

@@ -80,6 +80,18 @@ async def test_documents(store: Store) -> None:
     assert await store.get_doc("keys", "a") is None
 
 
+async def test_leases_elect_one_holder_and_lapse(store: Store) -> None:
+    assert await store.acquire("job", "a", ttl_s=0.3)
+    assert not await store.acquire("job", "b", ttl_s=0.3)
+    assert await store.acquire("job", "a", ttl_s=0.3)  # the holder may renew
+    await store.release("job", "b")  # not b's to release
+    assert not await store.acquire("job", "b", ttl_s=0.3)
+    await store.release("job", "a")
+    assert await store.acquire("job", "b", ttl_s=0.2)
+    await asyncio.sleep(0.35)  # a crashed holder's lease lapses
+    assert await store.acquire("job", "c", ttl_s=1.0)
+
+
 async def test_redis_outage_then_recovery_settles_exactly_once(tmp_path: Path) -> None:
     srv = RedisServer(tmp_path)
     srv.start()
