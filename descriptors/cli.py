@@ -4,6 +4,8 @@
     cscr describe perplexity --model gpt-4-1106-preview [--model ...] | --all   --out descriptors_out/
                              [--answers answers.json]  (probe id -> answer text, for a model not in the data)
     cscr describe logit      --lm smollm2-135m | gemma3-270m | /path/to/hf_model  [--name NAME]  --out DIR
+    cscr describe footprint  --model NAME | --all  --out DIR   (text footprints of recorded answers:
+                             the logit-footprint space, for models without logits)
     cscr describe live       --model openai/gpt-4o-mini [--api-base URL] [--api-key-env VAR]
                              --input-usd-per-mtok 0.15 --output-usd-per-mtok 0.6 --max-cost-usd 0.5
                              [--concurrency 4] [--retries 2] [--name NAME]  --out DIR | --out-file FILE
@@ -62,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     lg_dest = lg.add_mutually_exclusive_group(required=True)
     lg_dest.add_argument("--out", type=Path, help="directory (file <name>.logit.json)")
     lg_dest.add_argument("--out-file", type=Path, help="exact file to write")
+    fp = sub.add_parser("footprint", help="text footprints (logit-footprint space) of recorded answers")
+    common(fp)
+    fp.add_argument("--model", action="append", default=[], help="model name (repeatable)")
+    fp.add_argument("--all", action="store_true", help="every model with recorded answers")
+    fp.add_argument("--tokenizer", default="smollm2-135m", help="reference tokenizer (an LM name)")
+    fp.add_argument("--new-tokens", type=int, default=10)
+    fp.add_argument("--k", type=int, default=None)
+    fp.add_argument("--out", type=Path, required=True)
     lv = sub.add_parser("live", help="perplexity fingerprint of a provider probed live through litellm")
     common(lv)
     lv.add_argument("--model", required=True, help="litellm model string, e.g. openai/gpt-4o-mini")
@@ -134,6 +144,21 @@ def main(argv: list[str]) -> int:
 
     if args.command == "live":
         return _live(args, probes)
+    if args.command == "footprint":
+        from descriptors.logit import FootprintSettings, text_footprint
+        from descriptors.perplexity import recorded_answers, recorded_models
+
+        models = recorded_models(args.benchmark, args.data) if args.all else list(args.model)
+        if not models:
+            raise SystemExit("cscr describe footprint: give --model NAME (repeatable) or --all")
+        ref = load_lm(args.tokenizer, threads=args.threads)
+        fps = FootprintSettings(new_tokens=args.new_tokens, k=args.k)
+        for m in models:
+            d = text_footprint(m, probes, recorded_answers(probes, m, args.data), ref, fps)
+            path = _out_path(args.out, m, "footprint")
+            d.save(path)
+            print(f"wrote {path}  answered={d.settings['answered']}  basis_tokens={d.settings['basis_tokens']}")
+        return 0
 
     from descriptors.logit import FootprintSettings, logit_descriptor
 

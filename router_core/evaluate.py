@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,25 @@ class Setup:
     split: str
     encoder: str
     unseen: tuple[str, ...] = ()
+    # descriptor files per kind (``--descriptor-dir``): (M, F) in ``bench.models`` order
+    descriptor_sets: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def load_descriptor_sets(s: Setup, dirs: Sequence[Path]) -> Setup:
+    """Attach descriptor files (one directory per kind, ``cscr describe ... --out DIR``) to ``s``;
+    each adds the routers ``infonce+<kind>`` (keys from those descriptors alone) and
+    ``infonce+accuracy+<kind>`` (accuracy fingerprint and those descriptors, concatenated)."""
+    from router_core.train import load_descriptor_dir
+
+    sets = dict(s.descriptor_sets)
+    for d in dirs:
+        vecs, spec = load_descriptor_dir(d, list(s.bench.models))
+        sets[spec["kind"]] = vecs
+    return replace(s, descriptor_sets=sets)
+
+
+def descriptor_routers(s: Setup) -> list[str]:
+    return [name for kind in s.descriptor_sets for name in (f"infonce+{kind}", f"infonce+accuracy+{kind}")]
 
 
 def prepare(
@@ -154,7 +174,7 @@ def _ours(s: Setup, seed: int) -> Decisions:
     return Decisions(LAMBDAS, sweep(router.predict(s.test_emb), c_hat))
 
 
-def _contrastive(s: Setup, loss: str, seed: int) -> Decisions:
+def _contrastive(s: Setup, loss: str, seed: int, descriptors: str = "accuracy") -> Decisions:
     """The other half of the project's router (``router_core.train``), with its own rule sim − λ·ĉ.
 
     Unseen-models split: the head and key map are trained on the seen models only; every model's
@@ -177,12 +197,20 @@ def _contrastive(s: Setup, loss: str, seed: int) -> Decisions:
     encoder = s.encoder if s.encoder in ENCODERS else "static-minilm"  # "random": recorded name only
     cfg = RouterConfig(encoder=encoder, in_dim=int(s.train_emb.shape[1]), loss=loss, seed=seed)
     cn = normalise_costs(model_costs(s.train.cost))  # (M,) log-normalised, the gateway's view
-    if s.unseen:
-        seen = np.array([m not in s.unseen for m in s.bench.models])
+    kinds = descriptors.split("+")
+    if kinds != ["accuracy"] or s.unseen:
         probe = s.observed.all(axis=1)  # rows where every model is labelled
-        desc, _, _ = accuracy_fingerprints(
-            _unit_rows(s.train_emb[probe]), s.train.quality[probe], PROBE_SIZE, PROBE_CLUSTERS, seed
-        )
+        parts = []
+        for kind in kinds:
+            if kind == "accuracy":
+                acc, _, _ = accuracy_fingerprints(
+                    _unit_rows(s.train_emb[probe]), s.train.quality[probe], PROBE_SIZE, PROBE_CLUSTERS, seed
+                )
+                parts.append(acc)
+            else:
+                parts.append(s.descriptor_sets[kind])
+        desc = np.concatenate(parts, axis=1).astype(np.float32)
+        seen = np.array([m not in s.unseen for m in s.bench.models])
         cfg = replace(cfg, descriptor_dim=int(desc.shape[1]))
         weights, _, _ = fit(
             cfg, s.train_emb, s.train.quality[:, seen], s.train.cost[:, seen], desc[seen], progress=False
@@ -220,6 +248,8 @@ def run_routers(s: Setup, routers: Sequence[str], seed: int = 0) -> dict[str, De
         "cscr": lambda: _contrastive(s, "cscr", seed),
         "ours": lambda: _ours(s, seed),
     }
+    for name in descriptor_routers(s):
+        makers[name] = functools.partial(_contrastive, s, "infonce", seed, name.split("+", 1)[1])
     out: dict[str, Decisions] = {}
     for name in routers:
         if name == "single":
@@ -227,7 +257,7 @@ def run_routers(s: Setup, routers: Sequence[str], seed: int = 0) -> dict[str, De
                 out[f"single:{m}"] = Decisions(np.array([np.nan]), single_choices(n, j))
             continue
         if name not in makers:
-            raise ValueError(f"unknown router {name!r}; expected some of {ALL_ROUTERS}")
+            raise ValueError(f"unknown router {name!r}; expected some of {ALL_ROUTERS + tuple(descriptor_routers(s))}")
         t0 = time.perf_counter()
         try:
             out[name] = makers[name]()
@@ -346,7 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", required=True, choices=["routerbench", "mmlu_pro"])
     p.add_argument("--split", default="in-dist", choices=SPLITS)
     p.add_argument("--data", type=Path, default=None, help="data directory (default: ../shared/data)")
-    p.add_argument("--routers", nargs="+", default=list(ALL_ROUTERS), choices=ALL_ROUTERS)
+    p.add_argument("--routers", nargs="+", default=list(ALL_ROUTERS),
+                   help=f"some of {' '.join(ALL_ROUTERS)} (default: all), and infonce+KIND / infonce+accuracy+KIND "
+                   "for every --descriptor-dir")
+    p.add_argument("--descriptor-dir", type=Path, action="append", default=[],
+                   help="descriptor files of every model, one kind per directory (repeatable): descriptor ablation")
     p.add_argument("--encoder", default="minilm", help="minilm | static-minilm | random")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples")
@@ -361,7 +395,11 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     s = prepare(args.benchmark, args.split, args.data, args.encoder, args.seeds[0], args.max_prompts)
-    decisions, results = evaluate(s, args.routers, args.seeds, args.bootstrap)
+    routers = list(args.routers)
+    if args.descriptor_dir:
+        s = load_descriptor_sets(s, args.descriptor_dir)
+        routers += [r for r in descriptor_routers(s) if r not in routers]
+    decisions, results = evaluate(s, routers, args.seeds, args.bootstrap)
     grid = cost_grid(s.test.quality, s.test.cost)
     title = (
         f"{args.benchmark} / {args.split} / {args.encoder}: {len(s.train)} train, {len(s.test)} test prompts, "

@@ -100,10 +100,17 @@ def load_descriptor_dir(directory: Path, models: list[str]) -> tuple[np.ndarray,
     missing = [m for m in models if m not in found]
     if missing:
         raise ValueError(f"{directory}: no descriptor file for {missing}")
-    specs = {(d["kind"], d["probe_set"], d["scorer"]) for d in found.values()}
+    # logit footprints are made by each model itself (or from its text): comparable when the string
+    # basis agrees; perplexity fingerprints when the scorer does
+    def space(d: dict[str, Any]) -> tuple[str, str, str]:
+        third = d.get("settings", {}).get("basis_sha256", "") if d["kind"] == "logit" else d["scorer"]
+        return d["kind"], d["probe_set"], str(third)
+
+    specs = {space(d) for d in found.values()}
     if len(specs) != 1:
         raise ValueError(f"{directory}: descriptors of different kinds / probe sets / scorers: {sorted(specs)}")
-    kind, probe_set, scorer = specs.pop()
+    kind, probe_set, third = specs.pop()
+    scorer = third if kind != "logit" else None
     first = found[models[0]]["settings"]
     keep = ("max_prompt_tokens", "max_answer_tokens", "new_tokens", "k", "basis_sha256", "conditioning",
             "normalisation")
