@@ -126,7 +126,7 @@ class DescriptorJobs:
         doc = await self.store.get_doc(DESCRIPTOR_DOCS, key)
         if doc is not None and "vector" in doc:
             self.status[p.name] = {"state": "ready", "key": key, "made_at": doc.get("made_at"),
-                                   "report": doc.get("report")}
+                                   "seconds": doc.get("seconds"), "report": doc.get("report")}
             return doc
         if doc is not None and "error" in doc and time.time() - float(doc.get("failed_at", 0)) < RETRY_FAILED_S:
             self.status[p.name] = {"state": "failed", "key": key, "error": doc["error"]}
@@ -150,7 +150,8 @@ class DescriptorJobs:
             doc = {**vector_doc, "provider": p.name, "model": p.model, "key": key, "made_at": time.time(),
                    "seconds": round(time.time() - t0, 1)}
             await self.store.put_doc(DESCRIPTOR_DOCS, key, doc)
-            self.status[p.name] = {"state": "ready", "key": key, "made_at": doc["made_at"], "report": doc["report"]}
+            self.status[p.name] = {"state": "ready", "key": key, "made_at": doc["made_at"],
+                                   "seconds": doc["seconds"], "report": doc["report"]}
             log.info("descriptor of %s made in %.0f s (%s)", p.name, doc["seconds"], json.dumps(doc["report"]))
         except Exception as exc:  # recorded for every replica; retried after RETRY_FAILED_S
             error = f"{type(exc).__name__}: {exc}"
