@@ -26,7 +26,6 @@ Per-probe NLLs are cached as JSON per (probe set, scorer, settings, model[, give
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import logging
@@ -41,6 +40,7 @@ import numpy as np
 
 from descriptors.probes import ProbeSet
 from descriptors.types import Descriptor, DescriptorError
+from router_core.data import unwrap_recorded
 from router_core.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -65,19 +65,9 @@ class ScoreSettings:
 
 
 def unwrap_answer(raw: Any) -> str | None:
-    """A recorded answer as text. RouterBench stores a list literal (``"['A']"``): unwrapped, items
-    joined by newlines. None / NaN -> None."""
-    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
-        return None
-    text = str(raw)
-    if text.startswith("[") and text.endswith("]"):
-        try:
-            items = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text
-        if isinstance(items, list):
-            return "\n".join(str(x) for x in items)
-    return text
+    """A recorded answer as text (RouterBench's ``"['A']"`` unwrapped, items joined by newlines);
+    None / NaN -> None."""
+    return unwrap_recorded(raw, "\n")
 
 
 def recorded_models(benchmark: str, data_dir: Path | None = None) -> list[str]:

@@ -11,7 +11,6 @@ recorded cost.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 import tiktoken
 
 from gateway.tokens import load_cl100k
+from router_core.data import unwrap_recorded
 
 logger = logging.getLogger(__name__)
 
@@ -152,16 +152,10 @@ class ReplayTable:
 
 
 def _parse_response(raw: Any) -> str:
-    """RouterBench stores each answer as the repr of a one-element list: ``"['A']"``."""
-    text = str(raw)
-    if text.startswith("[") and text.endswith("]"):
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text
-        if isinstance(value, list):
-            return "".join(str(v) for v in value)
-    return text
+    """RouterBench stores each answer as the repr of a one-element list: ``"['A']"``; items are
+    joined with "" (what the recorded cost counted)."""
+    text = unwrap_recorded(raw, "")
+    return str(raw) if text is None else text
 
 
 @dataclass(frozen=True)

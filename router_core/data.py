@@ -272,3 +272,22 @@ def unseen_model_split(models: Sequence[str], frac_seen: float = 2 / 3, seed: in
 def versions_of(bench: Benchmark) -> dict[str, str]:
     """Data versions for an artifact: ``{benchmark/file: sha256}``."""
     return {f"{bench.name}/{k}": v for k, v in bench.versions.items()}
+
+
+def unwrap_recorded(raw: Any, sep: str = "\n") -> str | None:
+    """A recorded answer as text. RouterBench stores the repr of a list (``"['A']"``): unwrapped,
+    items joined by ``sep`` (the replay upstream joins with "" — what the recorded costs counted —
+    descriptors with newlines). None / NaN -> None; text that is not a list literal is returned as is."""
+    if raw is None or (isinstance(raw, float) and raw != raw):
+        return None
+    text = str(raw)
+    if text.startswith("[") and text.endswith("]"):
+        import ast
+
+        try:
+            items = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+        if isinstance(items, list):
+            return sep.join(str(x) for x in items)
+    return text
