@@ -262,6 +262,23 @@ def _record_failure(state: GatewayState, plan: Plan, err: UpstreamError, failure
     log.warning("provider %s failed (%s); %s", err.provider, err.kind, "falling back" if err.retryable else "")
 
 
+async def _attempt_failed(
+    state: GatewayState, plan: Plan, res: Reservation | None, err: UpstreamError, failures: list[str]
+) -> None:
+    """One provider failed before answering: release its hold, record it, and raise when the next
+    provider must not be tried (the caller's own error)."""
+    await _settle(state, res, 0.0)
+    _record_failure(state, plan, err, failures)
+    if not err.retryable:
+        raise err
+
+
+async def _deadline(state: GatewayState, plan: Plan, res: Reservation | None, waiting_for: str) -> DeadlineExceeded:
+    await _settle(state, res, 0.0)
+    return DeadlineExceeded(f"deadline of {state.config.server.deadline_s}s passed while waiting for {waiting_for}; "
+                            f"tried: {', '.join(plan.tried)}")
+
+
 def _all_failed(plan: Plan, failures: list[str]) -> GatewayError:
     return AllProvidersFailed("every provider failed; tried " + "; ".join(failures))
 
@@ -274,17 +291,10 @@ async def complete(state: GatewayState, plan: Plan) -> Response:
             transport = state.forwarder.for_provider(provider)
             payload = await asyncio.wait_for(transport.complete(provider, plan.request.body), left)
         except UpstreamError as err:
-            await _settle(state, res, 0.0)
-            _record_failure(state, plan, err, failures)
-            if not err.retryable:
-                raise
+            await _attempt_failed(state, plan, res, err, failures)
             continue
         except TimeoutError:
-            await _settle(state, res, 0.0)
-            raise DeadlineExceeded(
-                f"deadline of {state.config.server.deadline_s}s passed while waiting for {provider.name!r}; "
-                f"tried: {', '.join(plan.tried)}"
-            ) from None
+            raise await _deadline(state, plan, res, repr(provider.name)) from None
         upstream_s = time.perf_counter() - t
         state.metrics.upstream.labels(provider.name).observe(upstream_s)
         priced = _usage_cost(provider, payload.get("usage"))
@@ -327,24 +337,16 @@ async def stream(state: GatewayState, plan: Plan) -> Response:
         try:
             first = await asyncio.wait_for(anext(chunks), left)
         except UpstreamError as err:
-            await _settle(state, res, 0.0)
-            _record_failure(state, plan, err, failures)
-            if not err.retryable:
-                raise
+            await _attempt_failed(state, plan, res, err, failures)
             continue
         except StopAsyncIteration:
-            await _settle(state, res, 0.0)
             empty = UpstreamError(f"provider {provider.name!r} sent an empty stream", status=502,
                                   retryable=True, provider=provider.name, kind="protocol")
-            _record_failure(state, plan, empty, failures)
+            await _attempt_failed(state, plan, res, empty, failures)
             continue
         except TimeoutError:
-            await _settle(state, res, 0.0)
             await chunks.aclose()
-            raise DeadlineExceeded(
-                f"deadline of {state.config.server.deadline_s}s passed waiting for {provider.name!r}'s first "
-                f"chunk; tried: {', '.join(plan.tried)}"
-            ) from None
+            raise await _deadline(state, plan, res, f"{provider.name!r}'s first chunk") from None
         upstream_s = time.perf_counter() - t
         state.metrics.upstream.labels(provider.name).observe(upstream_s)  # to the first chunk
         state.metrics.latency.observe(time.perf_counter() - plan.started)

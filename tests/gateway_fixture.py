@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -52,3 +53,15 @@ def provider(name: str, model: str, api_base: str, price: tuple[float, float] = 
              **extra: Any) -> dict[str, Any]:
     return {"name": name, "model": model, "api_base": api_base, "input_usd_per_mtok": price[0],
             "output_usd_per_mtok": price[1], **extra}
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    """Terminate every process, then wait for each (killing the ones that do not stop)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

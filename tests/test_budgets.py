@@ -26,7 +26,7 @@ from gateway.replay import REPLAY_PRICES
 from gateway.store import RedisStore
 from gateway.upstream import start_upstream
 from router_core.paths import default_data_dir
-from tests.gateway_fixture import provider, start_gateway
+from tests.gateway_fixture import provider, start_gateway, stop_processes
 from tests.redis_fixture import RedisServer, free_port, redis_server
 
 pytestmark = pytest.mark.integration
@@ -290,11 +290,4 @@ def test_two_replicas_share_one_budget_under_concurrency(tmp_path: Path, upstrea
             served_by = {r.headers["x-cscr-provider"] for r in ok}
             assert served_by == {"gpt-4"}
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_processes(procs)

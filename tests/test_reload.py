@@ -19,7 +19,7 @@ import yaml
 
 from gateway.replay import REPLAY_PRICES
 from gateway.upstream import start_upstream
-from tests.gateway_fixture import provider, start_gateway
+from tests.gateway_fixture import provider, start_gateway, stop_processes
 from tests.redis_fixture import free_port, redis_server
 
 pytestmark = pytest.mark.integration
@@ -166,14 +166,7 @@ def test_two_replicas_converge_through_redis(tmp_path: Path, upstream: str) -> N
             versions = {httpx.get(b + "/ready").json()["checks"]["config"]["version"] for b in bases}
             assert versions == {2}
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_processes(procs)
 
 
 def _probe_descriptor(tmp_path: Path, model_column: str) -> Path:
@@ -313,14 +306,7 @@ def test_provider_probed_on_arrival_on_two_replicas(tmp_path: Path, upstream: st
             _wait_for(lambda: _jobs(bases[2]).get("newcomer", {}).get("state") == "ready", timeout=10)
             assert _auto_decisions(bases[2], prompts).get("newcomer", 0) > 0
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_processes(procs)
 
 
 def test_descriptor_job_failure_is_visible_and_the_provider_still_serves(tmp_path: Path, upstream: str) -> None:
