@@ -41,8 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--n", type=int, default=DEFAULT_N, help="number of probes (= descriptor dimension)")
         sp.add_argument("--seed", type=int, default=DEFAULT_SEED)
         sp.add_argument("--threads", type=int, default=2)
+        sp.add_argument("--probes", type=Path, default=None,
+                        help="probe set file (cscr describe probes --out FILE; a router artifact's probes.json) "
+                        "instead of drawing it from the data")
 
-    common(sub.add_parser("probes", help="print the probe set id"))
+    pr = sub.add_parser("probes", help="print the probe set id (and write the probe set file)")
+    common(pr)
+    pr.add_argument("--out", type=Path, default=None, help="write the probe set (with its full prompts) here")
     ppl = sub.add_parser("perplexity", help="perplexity fingerprints of recorded (or given) answers")
     common(ppl)
     ppl.add_argument("--model", action="append", default=[], help="model name (repeatable)")
@@ -114,8 +119,13 @@ def main(argv: list[str]) -> int:
 
     from descriptors.probes import build_probe_set
 
-    probes = build_probe_set(args.benchmark, n=args.n, seed=args.seed, data_dir=args.data)
+    if args.probes is not None:
+        probes = ProbeSet.load(args.probes)
+    else:
+        probes = build_probe_set(args.benchmark, n=args.n, seed=args.seed, data_dir=args.data)
     if args.command == "probes":
+        if args.out is not None:
+            probes.save(args.out)
         print(probes.id)
         return 0
 

@@ -296,7 +296,10 @@ async def probe_answers(
 
 
 def probe_prompts(probes: ProbeSet, data_dir: Path | None = None) -> list[str]:
-    """The full benchmark prompt of every probe (what a live model is asked)."""
+    """The full benchmark prompt of every probe (what a live model is asked): from the probe set
+    itself when it carries them (a probe set file), else from the benchmark data."""
+    if probes.prompts:
+        return list(probes.prompts)
     from router_core.data import load_benchmark
 
     bench = load_benchmark(probes.benchmark, data_dir)

@@ -37,6 +37,9 @@ class ProbeSet:
     prompt_ids: tuple[str, ...]
     texts: tuple[str, ...]  # routing_text of each prompt
     data_versions: tuple[tuple[str, str], ...]  # (file, sha256)
+    # the full prompts (what a live model is asked); not part of the id, which the ids, texts and
+    # data hashes already fix. Empty when unknown: then they are read from the data.
+    prompts: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -50,6 +53,31 @@ class ProbeSet:
         )
         digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
         return f"{self.benchmark}-n{len(self)}-s{self.seed}-{digest}"
+
+    def save(self, path: str | Path) -> None:
+        """A self-contained probe set file: a router artifact ships it, so live probing needs no
+        benchmark data (e.g. in a container)."""
+        doc = {"format": PROBE_FORMAT, "id": self.id, "benchmark": self.benchmark, "seed": self.seed,
+               "data_versions": [list(v) for v in self.data_versions], "prompt_ids": list(self.prompt_ids),
+               "texts": list(self.texts), "prompts": list(self.prompts)}
+        Path(path).write_text(json.dumps(doc, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProbeSet:
+        raw = json.loads(Path(path).read_text())
+        if raw.get("format") != PROBE_FORMAT:
+            raise ValueError(f"probe set file {path}: format {raw.get('format')} != {PROBE_FORMAT}")
+        probes = cls(
+            benchmark=raw["benchmark"],
+            seed=int(raw["seed"]),
+            prompt_ids=tuple(raw["prompt_ids"]),
+            texts=tuple(raw["texts"]),
+            data_versions=tuple((str(a), str(b)) for a, b in raw["data_versions"]),
+            prompts=tuple(raw.get("prompts") or ()),
+        )
+        if probes.id != raw["id"] or (probes.prompts and len(probes.prompts) != len(probes)):
+            raise ValueError(f"probe set file {path}: content does not match its id {raw['id']}")
+        return probes
 
     def string_basis(self, k: int) -> list[str]:
         """The ``k`` most frequent lower-cased words / punctuation marks of the probe texts.
@@ -85,4 +113,5 @@ def build_probe_set(
         prompt_ids=tuple(bench.prompt_ids[i] for i in chosen),
         texts=tuple(routing_text(bench.prompts[i]) for i in chosen),
         data_versions=tuple(sorted(bench.versions.items())),
+        prompts=tuple(bench.prompts[i] for i in chosen),
     )

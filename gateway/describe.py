@@ -78,6 +78,8 @@ def command(p: ProviderConfig, spec: dict[str, Any], out_file: Path) -> list[str
     assert m is not None
     base = [sys.executable, "-m", "gateway.cli", "describe", p.describe.method if p.describe.method == "logit"
             else "live", "--benchmark", m["bench"], "--n", m["n"], "--seed", m["seed"], "--out-file", str(out_file)]
+    if spec.get("probes_file"):  # shipped with the artifact: no benchmark data needed
+        base += ["--probes", str(spec["probes_file"])]
     settings = spec.get("settings", {})
     if p.describe.method == "logit":
         assert p.describe.lm is not None

@@ -167,8 +167,15 @@ class CSCRRouter:
 
     name = "cscr"
 
-    def __init__(self, artifact: RouterArtifact, top_k: int | None = None, encoder: TextEncoder | None = None) -> None:
+    def __init__(
+        self,
+        artifact: RouterArtifact,
+        top_k: int | None = None,
+        encoder: TextEncoder | None = None,
+        source: Path | None = None,
+    ) -> None:
         self.artifact = artifact
+        self.source = source  # the artifact directory, when loaded from one
         cfg = artifact.config
         if cfg.routing_text and cfg.routing_text != ROUTING_TEXT_VERSION:
             log.warning("router trained with routing text %r, serving with %r", cfg.routing_text, ROUTING_TEXT_VERSION)
@@ -215,7 +222,12 @@ class CSCRRouter:
         """Which descriptors this router's keys come from (kind, probe set, scorer, settings), so a new
         model's descriptor can be made the same way; None for accuracy fingerprints / learned keys."""
         spec = self.artifact.meta.get("descriptor_spec")
-        return dict(spec) if isinstance(spec, dict) else None
+        if not isinstance(spec, dict):
+            return None
+        out = dict(spec)
+        if self.source is not None and (self.source / "probes.json").exists():
+            out["probes_file"] = str(self.source / "probes.json")  # the probe prompts, shipped with it
+        return out
 
     def key_for_descriptor(self, descriptor: np.ndarray) -> np.ndarray:
         """Expert key of a model from its descriptor (descriptor-keyed artifacts only)."""
@@ -275,10 +287,11 @@ def load_router(path: Path | None = None, top_k: int | None = None) -> CSCRRoute
     ``cache_dir()``); later loads take about a second. Artifacts of other variants:
     ``load_routing_policy``.
     """
-    artifact = RouterArtifact.load(bundled_artifact_path() if path is None else Path(path))
+    src = bundled_artifact_path() if path is None else Path(path)
+    artifact = RouterArtifact.load(src)
     if artifact.config.variant != "cscr":
         raise ValueError(f"router artifact variant {artifact.config.variant!r} is not CSCR; use load_routing_policy")
-    return CSCRRouter(artifact, top_k=top_k)
+    return CSCRRouter(artifact, top_k=top_k, source=src)
 
 
 def load_routing_policy(path: Path | None = None, top_k: int | None = None) -> RoutingPolicy:

@@ -122,6 +122,19 @@ def load_descriptor_dir(directory: Path, models: list[str]) -> tuple[np.ndarray,
     return vecs, spec
 
 
+def ship_probes(probes_file: Path, artifact: RouterArtifact, out: Path) -> None:
+    """Copy the probe set file into the artifact (``probes.json``) after checking it is the probe set
+    the descriptors were made on."""
+    import json
+    import shutil
+
+    spec = artifact.meta.get("descriptor_spec") or {}
+    got = json.loads(Path(probes_file).read_text()).get("id")
+    if got != spec.get("probe_set"):
+        raise ValueError(f"{probes_file} is probe set {got!r}; the descriptors were made on {spec.get('probe_set')!r}")
+    shutil.copyfile(probes_file, Path(out) / "probes.json")
+
+
 def descriptor_from_probe_answers(artifact: RouterArtifact, correctness: Mapping[str, float]) -> np.ndarray:
     """A NEW model's descriptor from its graded answers on the artifact's probe prompts.
 
@@ -326,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default=d.encoder, choices=sorted(ENCODERS))
     p.add_argument("--loss", default=d.loss, choices=["cscr", "infonce"])
     p.add_argument("--keys", default=d.keys, choices=["descriptor", "learned"])
+    p.add_argument("--probes-file", type=Path, default=None,
+                   help="probe set file of those descriptors (cscr describe probes --out FILE), shipped in the "
+                   "artifact so the gateway can probe a new model without the benchmark data")
     p.add_argument("--descriptor-dir", type=Path, default=None,
                    help="descriptor files of every model (cscr describe ... --out DIR); default: accuracy fingerprints")
     p.add_argument("--epochs", type=int, default=d.epochs)
@@ -376,6 +392,8 @@ def main(argv: list[str]) -> int:
     artifact = train_artifact(bench, emb, cfg, progress=not args.no_progress, descriptor_dir=args.descriptor_dir)
     artifact.meta["command"] = "cscr train " + " ".join(argv)
     artifact.save(args.out)
+    if args.probes_file is not None:
+        ship_probes(args.probes_file, artifact, args.out)
     m = artifact.meta.get("metrics_test", {})
     print(
         f"wrote {args.out}  train {artifact.meta['train_seconds']}s  lam_max {artifact.lam_max:.3f}  "

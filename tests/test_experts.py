@@ -114,6 +114,8 @@ def test_probe_job_command_carries_the_spec_and_no_secret() -> None:
     for part in ("describe live", "--benchmark routerbench", "--n 192", "--seed 0", "--scorer smollm2-135m",
                  "--max-cost-usd 0.3", "--concurrency 2", "--max-answer-tokens 64", "--input-usd-per-mtok 1.0"):
         assert part in joined, part
+    shipped = " ".join(command(p, {**SPEC, "probes_file": "/art/probes.json"}, Path("/tmp/o.json")))
+    assert "--probes /art/probes.json" in shipped and "--probes" not in joined
     # the cache key changes with the provider, the model string, the probe set and the scorer
     other = parse_config({"providers": [{"name": "newbie", "model": "openai/y", "api_base": "http://x/v1",
                                          "input_usd_per_mtok": 1, "output_usd_per_mtok": 2,

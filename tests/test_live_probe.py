@@ -140,3 +140,28 @@ def test_cli_writes_the_descriptor_and_a_json_report(upstream: str, tmp_path: Pa
     assert report["ok"] and report["answered"] == 8 and 0 < report["spent_usd"] <= 0.5
     saved = json.loads(out.read_text())
     assert saved["kind"] == "perplexity" and len(saved["vector"]) == 8 and saved["settings"]["source"] == "live"
+
+
+def test_probe_set_file_carries_the_prompts(probes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from descriptors.probes import ProbeSet
+
+    path = tmp_path / "probes.json"
+    probes.save(path)
+    again = ProbeSet.load(path)
+    assert again == probes and again.id == probes.id
+    assert probe_prompts(again, data_dir=tmp_path / "no-data-here") == list(probes.prompts)  # no data read
+    raw = json.loads(path.read_text())
+    raw["texts"][0] = "tampered"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="does not match its id"):
+        ProbeSet.load(path)
+
+
+def test_bundled_router_ships_its_probe_set() -> None:
+    from descriptors.probes import ProbeSet
+    from router_core.router import load_router
+
+    spec = load_router().descriptor_spec
+    assert spec is not None and spec["kind"] == "perplexity"
+    shipped = ProbeSet.load(spec["probes_file"])
+    assert shipped.id == spec["probe_set"] and len(shipped.prompts) == 192
