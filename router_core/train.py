@@ -249,11 +249,13 @@ def train_artifact(
     cfg: RouterConfig,
     progress: bool = True,
     descriptor_dir: Path | None = None,
+    descriptor_set: tuple[np.ndarray, dict[str, Any]] | None = None,
 ) -> RouterArtifact:
     """Train on the benchmark's ``train`` rows of ``emb`` (N, D); metrics on its ``test`` rows.
 
     Descriptor keys come from ``descriptor_dir`` (descriptor files, e.g. perplexity fingerprints)
-    when given, else from accuracy fingerprints computed here.
+    or ``descriptor_set`` ((M, F) vectors in ``bench.models`` order, spec) when given, else from
+    accuracy fingerprints computed here.
     """
     tr = bench.split == "train"
     te = bench.split == "test"
@@ -262,8 +264,10 @@ def train_artifact(
     weights: dict[str, np.ndarray] = {}
     descriptors = None
     meta_probe: dict[str, Any] = {}
-    if cfg.keys == "descriptor" and descriptor_dir is not None:
-        descriptors, spec = load_descriptor_dir(descriptor_dir, list(bench.models))
+    if cfg.keys == "descriptor" and descriptor_set is None and descriptor_dir is not None:
+        descriptor_set = load_descriptor_dir(descriptor_dir, list(bench.models))
+    if cfg.keys == "descriptor" and descriptor_set is not None:
+        descriptors, spec = np.asarray(descriptor_set[0], dtype=np.float32), dict(descriptor_set[1])
         cfg = replace(cfg, descriptor_dim=int(descriptors.shape[1]), descriptor=spec["kind"])
         weights["descriptors"] = descriptors
         meta_probe = {"descriptor": f"{spec['kind']} descriptor files", "descriptor_spec": spec}

@@ -157,8 +157,39 @@ def test_bundled_recipe_reaches_its_recorded_quality() -> None:
         bundled = RouterArtifact.load(bundled_artifact_path())
         bench = load_benchmark("routerbench", _data_dir())
         emb = embed_prompts(bench.prompts, bundled.config.encoder)
-        art = train_artifact(bench, emb, bundled.config, progress=False)
+        assert bundled.descriptors is not None and bundled.config.descriptor == "perplexity"
+        art = train_artifact(bench, emb, bundled.config, progress=False,
+                             descriptor_set=(bundled.descriptors, bundled.meta["descriptor_spec"]))
     finally:
         monkey_cache.undo()
     assert art.meta["metrics_test"]["audc"] == pytest.approx(bundled.meta["metrics_test"]["audc"], abs=0.01)
     assert art.meta["metrics_test"]["audc"] > 0.8
+    assert art.meta["descriptor_spec"] == bundled.meta["descriptor_spec"]
+
+
+def test_descriptor_files_must_share_one_space(tmp_path: Path) -> None:
+    import json
+
+    from router_core.train import load_descriptor_dir
+
+    def write(name: str, model: str, kind: str, scorer: str, basis: str = "b1") -> None:
+        doc = {"vector": [0.6, 0.8], "kind": kind, "probe_set": "ps", "scorer": scorer, "model": model,
+               "settings": {"basis_sha256": basis, "max_answer_tokens": 64}}
+        (tmp_path / name).write_text(json.dumps(doc))
+
+    write("a.json", "m1", "perplexity", "smol@1")
+    write("b.json", "m2", "perplexity", "smol@1")
+    vecs, spec = load_descriptor_dir(tmp_path, ["m2", "m1"])
+    assert vecs.shape == (2, 2) and spec["scorer"] == "smol@1" and spec["settings"]["max_answer_tokens"] == 64
+    with pytest.raises(ValueError, match="no descriptor file"):
+        load_descriptor_dir(tmp_path, ["m1", "m3"])
+    write("b.json", "m2", "perplexity", "other@2")
+    with pytest.raises(ValueError, match="different kinds"):
+        load_descriptor_dir(tmp_path, ["m1", "m2"])
+    # logit footprints are each made by their own model: one space when the string basis agrees
+    write("a.json", "m1", "logit", "smollm2@1")
+    write("b.json", "m2", "logit", "text@smollm2@1")
+    assert load_descriptor_dir(tmp_path, ["m1", "m2"])[1]["kind"] == "logit"
+    write("b.json", "m2", "logit", "text@smollm2@1", basis="b2")
+    with pytest.raises(ValueError, match="different kinds"):
+        load_descriptor_dir(tmp_path, ["m1", "m2"])
