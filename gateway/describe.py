@@ -14,9 +14,9 @@ its descriptor computed by the gateway, in the background, once for all replicas
   another replica never recomputes it; a change of any of the four makes a new descriptor.
 - **Once across replicas**: a store lease (``describe:<key>``, as long as the job's timeout) elects
   the replica that computes; the others wait for the document and install it when it appears.
-- **Failures** are stored too (with the child's last words) and shown on ``/ready``; the same key is
-  retried after ``RETRY_FAILED_S`` (a fixed key or a raised cap in gateway.yaml is a new attempt
-  at the next reload as well, since the lease and the failure are per key).
+- **Failures** are stored too (with the child's last words) and shown on ``/ready``; the same attempt
+  is retried after ``RETRY_FAILED_S``, and at once when what was tried changes in gateway.yaml
+  (the ``descriptor:`` settings, the api_base or the API key: ``attempt_id``).
 - While a descriptor is being made the provider is served like any provider the router does not
   know: ranked after the known ones, cheapest first.
 """
@@ -55,6 +55,13 @@ def cache_key(p: ProviderConfig, spec: dict[str, Any]) -> str:
     scorer = spec.get("scorer") if p.describe.method == "probe" else f"logit:{p.describe.lm}"
     blob = json.dumps([p.name, p.model, spec.get("probe_set"), scorer, spec.get("settings", {})], sort_keys=True)
     return f"{p.name}:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def attempt_id(p: ProviderConfig) -> str:
+    """What a failed attempt tried, beyond the cache key: a change here retries at once."""
+    key_sha = hashlib.sha256((p.api_key or "").encode()).hexdigest()
+    blob = json.dumps([repr(p.describe), p.api_base, key_sha, p.input_usd_per_mtok, p.output_usd_per_mtok])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def incompatibility(p: ProviderConfig, spec: dict[str, Any] | None) -> str | None:
@@ -130,7 +137,8 @@ class DescriptorJobs:
             self.status[p.name] = {"state": "ready", "key": key, "made_at": doc.get("made_at"),
                                    "seconds": doc.get("seconds"), "report": doc.get("report")}
             return doc
-        if doc is not None and "error" in doc and time.time() - float(doc.get("failed_at", 0)) < RETRY_FAILED_S:
+        if (doc is not None and "error" in doc and doc.get("attempt") == attempt_id(p)
+                and time.time() - float(doc.get("failed_at", 0)) < RETRY_FAILED_S):
             self.status[p.name] = {"state": "failed", "key": key, "error": doc["error"]}
             raise RuntimeError(doc["error"])
         task = self._tasks.get(key)
@@ -160,7 +168,8 @@ class DescriptorJobs:
             self.status[p.name] = {"state": "failed", "key": key, "error": error}
             log.error("descriptor of %s could not be made: %s", p.name, error)
             with contextlib.suppress(Exception):
-                await self.store.put_doc(DESCRIPTOR_DOCS, key, {"error": error, "failed_at": time.time()})
+                await self.store.put_doc(DESCRIPTOR_DOCS, key, {"error": error, "failed_at": time.time(),
+                                                                "attempt": attempt_id(p)})
         finally:
             with contextlib.suppress(Exception):
                 await self.store.release(f"describe:{key}", self.owner)
