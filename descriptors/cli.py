@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--scorer", default="smollm2-135m")
     lv.add_argument("--max-prompt-tokens", type=int, default=128)
     lv.add_argument("--max-answer-tokens", type=int, default=64)
+    lv.add_argument("--batch-size", type=int, default=4,
+                    help="scorer batch (4: peak RSS ~1.4 GB; 16: ~2.3 GB and ~20%% faster)")
     lv.add_argument("--name", default=None, help="model name recorded in the file (default: --model)")
     lv.add_argument("--no-progress", action="store_true")
     dest = lv.add_mutually_exclusive_group(required=True)
@@ -203,7 +205,8 @@ def _live(args: argparse.Namespace, probes: ProbeSet) -> int:
     try:
         d, run = live_descriptor(name, target, probes, scorer, settings, max_missing=args.max_missing,
                                  progress=not args.no_progress, data_dir=args.data,
-                                 score_settings=ScoreSettings(args.max_prompt_tokens, args.max_answer_tokens))
+                                 score_settings=ScoreSettings(args.max_prompt_tokens, args.max_answer_tokens,
+                                                              args.batch_size))
     except DescriptorError as exc:
         print(json.dumps({"ok": False, "error": str(exc)}))
         return 2
