@@ -318,9 +318,11 @@ def test_descriptor_job_failure_is_visible_and_a_fixed_config_retries_at_once(tm
     pool = [p for p in raw["providers"] if p["expert"] in ("mistralai/mistral-7b-chat", "claude-v2")]
     for p in pool:
         p["api_base"] = upstream
-    newcomer = {"name": "newcomer", "model": "openai/gpt-4-1106-preview", "api_base": upstream,
-                "input_usd_per_mtok": 10.0, "output_usd_per_mtok": 30.0,
-                "descriptor": {"probe": {"max_cost_usd": 0.0001, "retries": 0}}}
+    # claude-v1 and max_tokens 200: answers no other test here has cached (cached answers cost
+    # nothing, so they would pass any cap)
+    newcomer = {"name": "newcomer", "model": "openai/claude-v1", "api_base": upstream,
+                "input_usd_per_mtok": 8.0, "output_usd_per_mtok": 24.0,
+                "descriptor": {"probe": {"max_cost_usd": 0.0001, "retries": 0, "max_tokens": 200}}}
     path = tmp_path / "gateway.yaml"
     cfg = {"server": {"reload_interval_s": 0.1}, "providers": [*pool, newcomer]}
     _write(path, cfg)
@@ -339,7 +341,7 @@ def test_descriptor_job_failure_is_visible_and_a_fixed_config_retries_at_once(tm
         r = httpx.post(base + "/v1/chat/completions", json={"model": "auto", "messages": [
             {"role": "user", "content": "hi"}]})
         assert r.status_code == 200 and r.headers["x-cscr-provider"] != "newcomer"
-        newcomer["descriptor"] = {"probe": {"max_cost_usd": 1.5}}
+        newcomer["descriptor"] = {"probe": {"max_cost_usd": 1.5, "max_tokens": 200}}
         _write(path, cfg)
         _wait_for(lambda: _jobs(base).get("newcomer", {}).get("state") == "ready", timeout=600)
         _wait_for(lambda: problems() == [])
