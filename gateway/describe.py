@@ -125,8 +125,11 @@ class DescriptorJobs:
 
     @property
     def waiting(self) -> bool:
-        """True while some provider's descriptor is being made (here or elsewhere)."""
-        return any(s["state"] in ("running", "elsewhere") for s in self.status.values())
+        """True while some provider's descriptor is being made (here or elsewhere), or a failed one
+        is due for its retry: the watcher then calls ``ensure`` again."""
+        now = time.time()
+        return any(s["state"] in ("running", "elsewhere") or (s["state"] == "failed" and now >= s.get("retry_at", 0))
+                   for s in self.status.values())
 
     async def ensure(self, p: ProviderConfig, spec: dict[str, Any]) -> dict[str, Any] | None:
         """The stored descriptor of ``p`` if there is one; otherwise start (or wait for) its job and
@@ -139,7 +142,8 @@ class DescriptorJobs:
             return doc
         if (doc is not None and "error" in doc and doc.get("attempt") == attempt_id(p)
                 and time.time() - float(doc.get("failed_at", 0)) < RETRY_FAILED_S):
-            self.status[p.name] = {"state": "failed", "key": key, "error": doc["error"]}
+            self.status[p.name] = {"state": "failed", "key": key, "error": doc["error"],
+                                   "retry_at": float(doc.get("failed_at", 0)) + RETRY_FAILED_S}
             raise RuntimeError(doc["error"])
         task = self._tasks.get(key)
         if task is not None and not task.done():
@@ -165,7 +169,8 @@ class DescriptorJobs:
             log.info("descriptor of %s made in %.0f s (%s)", p.name, doc["seconds"], json.dumps(doc["report"]))
         except Exception as exc:  # recorded for every replica; retried after RETRY_FAILED_S
             error = f"{type(exc).__name__}: {exc}"
-            self.status[p.name] = {"state": "failed", "key": key, "error": error}
+            self.status[p.name] = {"state": "failed", "key": key, "error": error,
+                                   "retry_at": time.time() + RETRY_FAILED_S}
             log.error("descriptor of %s could not be made: %s", p.name, error)
             with contextlib.suppress(Exception):
                 await self.store.put_doc(DESCRIPTOR_DOCS, key, {"error": error, "failed_at": time.time(),

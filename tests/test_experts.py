@@ -123,3 +123,39 @@ def test_probe_job_command_carries_the_spec_and_no_secret() -> None:
     keys = {cache_key(p, SPEC), cache_key(other, SPEC), cache_key(p, {**SPEC, "scorer": "other@1"}),
             cache_key(p, {**SPEC, "probe_set": "routerbench-n64-s0-000000000000"})}
     assert len(keys) == 4
+
+
+async def test_failed_descriptor_is_retried_when_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import time
+
+    from gateway import describe
+    from gateway.describe import DESCRIPTOR_DOCS, DescriptorJobs, attempt_id, cache_key
+
+    p = _describing("probe").providers[0]  # type: ignore[attr-defined]
+    store = MemoryStore()
+    done = asyncio.Event()
+
+    async def on_done() -> None:
+        done.set()
+
+    async def fake_child(self: DescriptorJobs, prov: object, spec: object) -> dict[str, object]:
+        return {"vector": [0.6, 0.8], "sha256": "x", "kind": "perplexity", "probe_set": SPEC["probe_set"],
+                "scorer": SPEC["scorer"], "report": {"answered": 192}}
+
+    monkeypatch.setattr(DescriptorJobs, "_child", fake_child)
+    jobs = DescriptorJobs(store, on_done)
+    key = cache_key(p, SPEC)
+    await store.put_doc(DESCRIPTOR_DOCS, key, {"error": "boom", "failed_at": time.time(), "attempt": attempt_id(p)})
+    with pytest.raises(RuntimeError, match="boom"):
+        await jobs.ensure(p, SPEC)
+    assert jobs.status["newbie"]["state"] == "failed" and not jobs.waiting  # not due yet
+    # due: the watcher's next install retries (and a changed attempt would retry at once)
+    await store.put_doc(DESCRIPTOR_DOCS, key, {"error": "boom", "failed_at": time.time() - describe.RETRY_FAILED_S - 1,
+                                               "attempt": attempt_id(p)})
+    jobs.status["newbie"]["retry_at"] = 0.0
+    assert jobs.waiting
+    assert await jobs.ensure(p, SPEC) is None and jobs.status["newbie"]["state"] == "running"
+    await asyncio.wait_for(done.wait(), 5)
+    made = await jobs.ensure(p, SPEC)
+    assert made is not None and made["vector"] == [0.6, 0.8] and jobs.status["newbie"]["state"] == "ready"
