@@ -131,6 +131,11 @@ class DescriptorJobs:
         return any(s["state"] in ("running", "elsewhere") or (s["state"] == "failed" and now >= s.get("retry_at", 0))
                    for s in self.status.values())
 
+    def forget_all_but(self, providers: set[str]) -> None:
+        """Drop the status of providers no longer in the config."""
+        for gone in set(self.status) - providers:
+            del self.status[gone]
+
     async def ensure(self, p: ProviderConfig, spec: dict[str, Any]) -> dict[str, Any] | None:
         """The stored descriptor of ``p`` if there is one; otherwise start (or wait for) its job and
         return None. Raises ``RuntimeError`` with the reason when the last attempt failed."""

@@ -66,43 +66,60 @@ async def publish_descriptors(config: GatewayConfig, store: Store) -> None:
 async def install_experts(
     config: GatewayConfig, store: Store, router: Any, installed: dict[str, str], jobs: DescriptorJobs | None = None
 ) -> list[str]:
-    """Add the descriptor-keyed experts of ``config`` to ``router``. ``installed`` (expert ->
-    descriptor hash) remembers what is in the index already. Returns the problems, one per expert
-    that could not be installed (such a provider is still served, ranked after the known ones).
+    """Add the descriptor-keyed experts of ``config`` to ``router``: those with a descriptor file
+    (``install_file_experts``) and those whose descriptor the gateway makes (``install_made_experts``).
+    ``installed`` (expert -> descriptor hash) remembers what is in the index already. Returns the
+    problems, one per expert that could not be installed (such a provider is still served, ranked
+    after the known ones)."""
+    return (await install_file_experts(config, store, router, installed)
+            + await install_made_experts(config, router, installed, jobs))
 
-    Providers with ``describe`` get their descriptor from ``jobs`` (``gateway.describe``): from the
-    store if it was made before, else made in the background; they join when it is ready."""
+
+async def install_file_experts(
+    config: GatewayConfig, store: Store, router: Any, installed: dict[str, str]
+) -> list[str]:
+    """Experts from descriptor files (read here; the store is the fallback for replicas without the
+    file — publishing is ``publish_descriptors``' job, done by the replica that applies a file first)."""
     if not hasattr(router, "add_expert"):
-        return [f"{p.name}: the router cannot add experts" for p in config.providers if p.describe is not None]
+        return []
     problems: list[str] = []
-    spec = getattr(router, "descriptor_spec", None)
     for p in config.providers:
-        if p.describe is not None and p.expert is not None:
-            why = incompatibility(p, spec)
-            if why is not None:
-                problems.append(f"{p.name}: {why}")
-                continue
-            if jobs is None:
-                problems.append(f"{p.name}: descriptors are not made here (no job runner)")
-                continue
-            assert spec is not None
-            try:
-                made = await jobs.ensure(p, spec)
-            except RuntimeError as exc:
-                problems.append(f"{p.name}: descriptor could not be made: {exc}")
-                continue
-            if made is not None:
-                problems += _add(router, p, made, installed, f"made on arrival ({made.get('key')})")
-            continue
         if p.descriptor is None or p.expert is None:
             continue
-        # Publishing is publish_descriptors' job (the replica that applies a file first); here the
-        # file is only read, and the store is the fallback for replicas that lack it.
         doc = _doc_for(p) or await store.get_doc(EXPERT_DOCS, p.expert)
         if doc is None:
             problems.append(f"{p.name}: descriptor {p.descriptor} neither readable here nor in the store")
             continue
         problems += _add(router, p, doc, installed, str(doc["source"]))
+    return problems
+
+
+async def install_made_experts(
+    config: GatewayConfig, router: Any, installed: dict[str, str], jobs: DescriptorJobs | None
+) -> list[str]:
+    """Experts whose descriptor the gateway makes (``describe``): from the store if it was made
+    before, else made in the background by ``jobs``; they join when it is ready. No file I/O, so
+    the watcher can call this on every tick while a descriptor is being made."""
+    made_here = [p for p in config.providers if p.describe is not None and p.expert is not None]
+    if not hasattr(router, "add_expert"):
+        return [f"{p.name}: the router cannot add experts" for p in made_here]
+    problems: list[str] = []
+    spec = getattr(router, "descriptor_spec", None)
+    for p in made_here:
+        why = incompatibility(p, spec)
+        if why is None and jobs is None:
+            why = "descriptors are not made here (no job runner)"
+        if why is not None:
+            problems.append(f"{p.name}: {why}")
+            continue
+        assert spec is not None and jobs is not None
+        try:
+            made = await jobs.ensure(p, spec)
+        except RuntimeError as exc:
+            problems.append(f"{p.name}: descriptor could not be made: {exc}")
+            continue
+        if made is not None:
+            problems += _add(router, p, made, installed, f"made on arrival ({made.get('key')})")
     return problems
 
 

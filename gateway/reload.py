@@ -30,7 +30,7 @@ from typing import Any
 from gateway.config import GatewayConfig, parse_config_text, read_config_text
 from gateway.describe import DescriptorJobs
 from gateway.errors import ConfigError
-from gateway.experts import install_experts, publish_descriptors
+from gateway.experts import install_file_experts, install_made_experts, publish_descriptors
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class ConfigReloader:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._installed: dict[str, str] = {}  # expert -> descriptor hash in the router's index
-        self.jobs = DescriptorJobs(state.store, self._reinstall)  # descriptors made on arrival
+        self._file_problems: list[str] = []  # descriptor files that could not be installed
+        self.jobs = DescriptorJobs(state.store, self._install_made)  # descriptors made on arrival
 
     @property
     def shared(self) -> bool:
@@ -73,24 +74,28 @@ class ConfigReloader:
 
     # --- applying ---------------------------------------------------------------------------------
 
-    async def _install(self, config: GatewayConfig) -> None:
+    async def _install(self, config: GatewayConfig, made_only: bool = False) -> None:
+        """Put the config's descriptor-keyed experts in the router's index. ``made_only``: only those
+        whose descriptor the gateway makes (the watcher, while a job runs: no descriptor file is
+        read again on every tick)."""
         before = set(self.status.expert_problems)
+        store, router = self.state.store, self.state.router
         try:
-            self.status.expert_problems = await install_experts(config, self.state.store, self.state.router,
-                                                                self._installed, self.jobs)
+            if not made_only:
+                self._file_problems = await install_file_experts(config, store, router, self._installed)
+            made = await install_made_experts(config, router, self._installed, self.jobs)
+            self.status.expert_problems = self._file_problems + made
         except Exception as exc:  # the store may be down: the provider is still served, by cost
             self.status.expert_problems = [f"experts not installed: {type(exc).__name__}: {exc}"]
         for problem in self.status.expert_problems:
             if problem not in before:  # the watcher re-installs while descriptors are made: say it once
                 log.error("%s", problem)
-        names = {p.name for p in config.providers}
-        for gone in set(self.jobs.status) - names:
-            del self.jobs.status[gone]
+        self.jobs.forget_all_but({p.name for p in config.providers})
 
-    async def _reinstall(self) -> None:
-        """A descriptor job of this replica finished: install it now (not at the next tick)."""
+    async def _install_made(self) -> None:
+        """A descriptor may be ready (a job here finished, or the watcher's tick): install it now."""
         async with self._lock:
-            await self._install(self.state.config)
+            await self._install(self.state.config, made_only=True)
 
     async def _apply(self, config: GatewayConfig, sha: str, version: int) -> None:
         # Experts first: a new provider is routable the moment it appears in the config.
@@ -188,8 +193,7 @@ class ConfigReloader:
                 if self.shared:
                     await self.sync_from_store()
                 if self.jobs.waiting:  # a descriptor being made (here or by another replica) may be ready
-                    async with self._lock:
-                        await self._install(self.state.config)
+                    await self._install_made()
             except Exception as exc:  # keep watching whatever happens (store outages included)
                 log.warning("config watch: %s: %s", type(exc).__name__, exc)
 
