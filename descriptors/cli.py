@@ -134,11 +134,9 @@ def main(argv: list[str]) -> int:
     from descriptors.lm import load_lm
 
     if args.command == "perplexity":
-        from descriptors.perplexity import ScoreSettings, perplexity_descriptor, recorded_models
+        from descriptors.perplexity import ScoreSettings, perplexity_descriptor
 
-        models = recorded_models(args.benchmark, args.data) if args.all else list(args.model)
-        if not models:
-            raise SystemExit("cscr describe perplexity: give --model NAME (repeatable) or --all")
+        models = _models(args)
         answers = None
         if args.answers is not None:
             if len(models) != 1:
@@ -158,11 +156,9 @@ def main(argv: list[str]) -> int:
         return _live(args, probes)
     if args.command == "footprint":
         from descriptors.logit import FootprintSettings, text_footprint
-        from descriptors.perplexity import recorded_answers, recorded_models
+        from descriptors.perplexity import recorded_answers
 
-        models = recorded_models(args.benchmark, args.data) if args.all else list(args.model)
-        if not models:
-            raise SystemExit("cscr describe footprint: give --model NAME (repeatable) or --all")
+        models = _models(args)
         ref = load_lm(args.tokenizer, threads=args.threads)
         fps = FootprintSettings(new_tokens=args.new_tokens, k=args.k)
         for m in models:
@@ -183,6 +179,16 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> list[str]:
+    """``--model`` (repeatable) or ``--all`` models with recorded answers."""
+    from descriptors.perplexity import recorded_models
+
+    models = recorded_models(args.benchmark, args.data) if args.all else list(args.model)
+    if not models:
+        raise SystemExit(f"cscr describe {args.command}: give --model NAME (repeatable) or --all")
+    return models
+
+
 def _live(args: argparse.Namespace, probes: ProbeSet) -> int:
     import os
 
@@ -200,13 +206,12 @@ def _live(args: argparse.Namespace, probes: ProbeSet) -> int:
                         args.timeout_s)
     settings = ProbeSettings(concurrency=args.concurrency, retries=args.retries, max_cost_usd=args.max_cost_usd,
                              max_tokens=args.max_tokens)
-    scorer = load_lm(args.scorer, threads=args.threads)
     name = args.name or args.model
+    score = ScoreSettings(args.max_prompt_tokens, args.max_answer_tokens, args.batch_size)
     try:
-        d, run = live_descriptor(name, target, probes, scorer, settings, max_missing=args.max_missing,
-                                 progress=not args.no_progress, data_dir=args.data,
-                                 score_settings=ScoreSettings(args.max_prompt_tokens, args.max_answer_tokens,
-                                                              args.batch_size))
+        d, run = live_descriptor(name, target, probes, lambda: load_lm(args.scorer, threads=args.threads), settings,
+                                 max_missing=args.max_missing, progress=not args.no_progress, data_dir=args.data,
+                                 score_settings=score)
     except DescriptorError as exc:
         print(json.dumps({"ok": False, "error": str(exc)}))
         return 2

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from descriptors.probes import ProbeSet
-from descriptors.types import Descriptor, DescriptorError
+from descriptors.types import Descriptor, DescriptorError, write_atomic
 from router_core.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -278,11 +278,8 @@ async def probe_answers(
     if bar is not None:
         bar.close()
     if use_cache and any(a is not None for a in answers):
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp")
-        tmp.write_text(json.dumps({"model": target.model, "api_base": target.api_base, "probe_set": probes.id,
-                                   "settings": asdict(settings), "answers": answers}))
-        tmp.replace(cache)
+        write_atomic(cache, json.dumps({"model": target.model, "api_base": target.api_base, "probe_set": probes.id,
+                                        "settings": asdict(settings), "answers": answers}))
     return ProbeRun(
         answers=answers,
         errors={i: errors.get(i, "Unknown: no answer") for i, a in enumerate(answers) if a is None},
@@ -314,7 +311,7 @@ def live_descriptor(
     name: str,
     target: LiveTarget,
     probes: ProbeSet,
-    scorer: Any,
+    load_scorer: Callable[[], Any],
     settings: ProbeSettings | None = None,
     max_missing: float = 0.25,
     progress: bool = False,
@@ -325,7 +322,8 @@ def live_descriptor(
     """Probe ``target`` live and return its perplexity fingerprint and the run's report.
 
     Raises ``DescriptorError`` (with the run's summary) when more than ``max_missing`` of the probes
-    have no answer; otherwise the missing ones are imputed and listed in ``settings``.
+    have no answer; otherwise the missing ones are imputed and listed in ``settings``. The scorer
+    (``load_scorer()``) is loaded only once the answers are in: a run that fails costs no model load.
     """
     from descriptors.perplexity import perplexity_descriptor
 
@@ -338,7 +336,7 @@ def live_descriptor(
             f"live probing of {target.model} left {len(missing)}/{len(probes)} probes unanswered "
             f"(limit {max_missing:.0%}): {json.dumps(run.summary())}"
         )
-    d = perplexity_descriptor(name, probes, scorer, answers=run.answers, settings=score_settings)
+    d = perplexity_descriptor(name, probes, load_scorer(), answers=run.answers, settings=score_settings)
     info = {
         "source": "live",
         "litellm_model": target.model,

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from descriptors.probes import ProbeSet
-from descriptors.types import Descriptor, DescriptorError
+from descriptors.types import Descriptor, DescriptorError, write_atomic
 from router_core.data import unwrap_recorded
 from router_core.paths import cache_dir
 
@@ -193,10 +193,7 @@ def perplexity_descriptor(
             raise DescriptorError(f"{model}: {len(answers)} answers for {len(probes)} probes")
         nll = answer_nll(lm, probes.texts, answers, settings)
         if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({"model": model, "nll": [None if np.isnan(v) else float(v) for v in nll]}))
-            tmp.replace(path)
+            write_atomic(path, json.dumps({"model": model, "nll": [None if np.isnan(v) else float(v) for v in nll]}))
     vec, n_imputed = fingerprint_vector(nll)
     return Descriptor(
         vector=[float(v) for v in vec],

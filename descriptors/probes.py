@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from descriptors.types import write_atomic
+
 PROBE_FORMAT = 1
 DEFAULT_N = 192
 DEFAULT_SEED = 0
@@ -60,7 +62,7 @@ class ProbeSet:
         doc = {"format": PROBE_FORMAT, "id": self.id, "benchmark": self.benchmark, "seed": self.seed,
                "data_versions": [list(v) for v in self.data_versions], "prompt_ids": list(self.prompt_ids),
                "texts": list(self.texts), "prompts": list(self.prompts)}
-        Path(path).write_text(json.dumps(doc, ensure_ascii=False) + "\n")
+        write_atomic(path, json.dumps(doc, ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> ProbeSet:

@@ -16,6 +16,16 @@ from typing import Any
 KINDS = ("perplexity", "logit")
 
 
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` (parents created) through a temporary file and a rename, so a
+    reader — another process using the same cache — never sees half a file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(p)
+
+
 class DescriptorError(ValueError):
     """A descriptor cannot be built or read (missing model, no answers, bad file)."""
 
@@ -45,11 +55,7 @@ class Descriptor:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        tmp.replace(p)  # atomic: a reader never sees half a file
+        write_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Descriptor:

@@ -83,8 +83,9 @@ def command(p: ProviderConfig, spec: dict[str, Any], out_file: Path) -> list[str
     assert p.describe is not None
     m = _PROBE_SET.match(spec["probe_set"])
     assert m is not None
-    base = [sys.executable, "-m", "gateway.cli", "describe", p.describe.method if p.describe.method == "logit"
-            else "live", "--benchmark", m["bench"], "--n", m["n"], "--seed", m["seed"], "--out-file", str(out_file)]
+    subcommand = {"probe": "live", "logit": "logit"}[p.describe.method]
+    base = [sys.executable, "-m", "gateway.cli", "describe", subcommand, "--benchmark", m["bench"], "--n", m["n"],
+            "--seed", m["seed"], "--out-file", str(out_file)]
     if spec.get("probes_file"):  # shipped with the artifact: no benchmark data needed
         base += ["--probes", str(spec["probes_file"])]
     settings = spec.get("settings", {})
@@ -111,6 +112,11 @@ def command(p: ProviderConfig, spec: dict[str, Any], out_file: Path) -> list[str
     if p.api_key:
         cmd += ["--api-key-env", "CSCR_PROBE_API_KEY"]
     return cmd
+
+
+def _ready(doc: dict[str, Any]) -> dict[str, Any]:
+    """/ready's view of a stored descriptor."""
+    return {"state": "ready", **{k: doc.get(k) for k in ("key", "made_at", "seconds", "report")}}
 
 
 class DescriptorJobs:
@@ -142,8 +148,7 @@ class DescriptorJobs:
         key = cache_key(p, spec)
         doc = await self.store.get_doc(DESCRIPTOR_DOCS, key)
         if doc is not None and "vector" in doc:
-            self.status[p.name] = {"state": "ready", "key": key, "made_at": doc.get("made_at"),
-                                   "seconds": doc.get("seconds"), "report": doc.get("report")}
+            self.status[p.name] = _ready(doc)
             return doc
         if (doc is not None and "error" in doc and doc.get("attempt") == attempt_id(p)
                 and time.time() - float(doc.get("failed_at", 0)) < RETRY_FAILED_S):
@@ -169,8 +174,7 @@ class DescriptorJobs:
             doc = {**vector_doc, "provider": p.name, "model": p.model, "key": key, "made_at": time.time(),
                    "seconds": round(time.time() - t0, 1)}
             await self.store.put_doc(DESCRIPTOR_DOCS, key, doc)
-            self.status[p.name] = {"state": "ready", "key": key, "made_at": doc["made_at"],
-                                   "seconds": doc["seconds"], "report": doc["report"]}
+            self.status[p.name] = _ready(doc)
             log.info("descriptor of %s made in %.0f s (%s)", p.name, doc["seconds"], json.dumps(doc["report"]))
         except Exception as exc:  # recorded for every replica; retried after RETRY_FAILED_S
             error = f"{type(exc).__name__}: {exc}"

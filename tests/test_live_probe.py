@@ -109,7 +109,8 @@ def test_persistent_failure_is_reported_not_averaged(upstream: str, probes) -> N
 
     broken = target(upstream, f"{MODEL}#fault=status:500")
     with pytest.raises(DescriptorError, match=r"12/12 probes unanswered"):
-        live_descriptor("broken", broken, probes, scorer=None, settings=ProbeSettings(retries=1, backoff_s=0.001))
+        live_descriptor("broken", broken, probes, lambda: pytest.fail("no scorer load for a failed run"),
+                        settings=ProbeSettings(retries=1, backoff_s=0.001))
 
 
 @pytest.mark.slow
@@ -118,7 +119,7 @@ def test_live_fingerprint_equals_the_recorded_one(upstream: str, probes) -> None
     from descriptors.perplexity import perplexity_descriptor
 
     scorer = load_lm("smollm2-135m", threads=2)
-    live, run = live_descriptor("new-gpt4", target(upstream), probes, scorer)
+    live, run = live_descriptor("new-gpt4", target(upstream), probes, lambda: scorer)
     ref = perplexity_descriptor(MODEL, probes, scorer)
     assert live.probe_set == ref.probe_set and live.scorer == ref.scorer
     assert live.settings["source"] == "live" and live.settings["run"]["answered"] == len(probes)
