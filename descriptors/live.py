@@ -220,61 +220,63 @@ async def probe_answers(
             state["reserved"] -= worst
             state["spent"] += actual
 
+    async def call(prompt: str, worst: float) -> tuple[str, float]:
+        """One completion: (answer text, its cost; the worst case when the provider reports no usage)."""
+        state["calls"] += 1
+        resp = await completion(
+            model=target.model,
+            messages=[{"role": "user", "content": prompt}],
+            api_base=target.api_base,
+            # a self-hosted endpoint without auth still needs some key for litellm
+            api_key=target.api_key or ("unused" if target.api_base else None),
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            timeout=target.timeout_s,
+            num_retries=0,
+        )
+        usage = getattr(resp, "usage", None)
+        cost = worst
+        if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
+            cost = target.cost(int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0))
+        text = resp.choices[0].message.content
+        return (text if isinstance(text, str) else ""), cost
+
     async def one(i: int) -> None:
-        prompt = prompts[i]
-        worst = target.cost(estimate_prompt_tokens(prompt), settings.max_tokens)
-        try:
-            for attempt in range(settings.retries + 1):
+        """Probe ``i`` with retries; its answer goes to ``answers``, or why not to ``errors``."""
+        worst = target.cost(estimate_prompt_tokens(prompts[i]), settings.max_tokens)
+        for attempt in range(settings.retries + 1):
+            if attempt:
+                await asyncio.sleep(settings.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()))
+            async with sem:
                 if aborted:
                     errors[i] = f"Aborted: {aborted[0]}"
                     return
-                async with sem:
-                    if aborted:
-                        errors[i] = f"Aborted: {aborted[0]}"
+                if not await reserve(worst):
+                    errors[i] = f"CostCap: not sent, the ${settings.max_cost_usd} cap would be passed"
+                    return
+                actual = worst  # a failed call without usage is charged its worst case
+                try:
+                    answers[i], actual = await call(prompts[i], worst)
+                    errors.pop(i, None)
+                    return
+                except Exception as exc:  # classified here; nothing escapes a probe
+                    retryable, fatal, label = _classify(exc)
+                    errors[i] = label
+                    if fatal:
+                        aborted.append(label)
+                    if fatal or not retryable:
                         return
-                    if not await reserve(worst):
-                        errors[i] = f"CostCap: not sent, the ${settings.max_cost_usd} cap would be passed"
-                        return
-                    actual = worst
-                    try:
-                        state["calls"] += 1
-                        resp = await completion(
-                            model=target.model,
-                            messages=[{"role": "user", "content": prompt}],
-                            api_base=target.api_base,
-                            # a self-hosted endpoint without auth still needs some key for litellm
-                            api_key=target.api_key or ("unused" if target.api_base else None),
-                            max_tokens=settings.max_tokens,
-                            temperature=settings.temperature,
-                            timeout=target.timeout_s,
-                            num_retries=0,
-                        )
-                        usage = getattr(resp, "usage", None)
-                        if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
-                            actual = target.cost(int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0))
-                        text = resp.choices[0].message.content
-                        answers[i] = text if isinstance(text, str) else ""
-                        errors.pop(i, None)
-                        return
-                    except Exception as exc:  # classified below; nothing escapes a probe
-                        retryable, fatal, label = _classify(exc)
-                        errors[i] = label
-                        if fatal:
-                            aborted.append(label)
-                            return
-                        if not retryable:
-                            return
-                    finally:
-                        await settle(worst, actual)
-                if attempt < settings.retries:
-                    await asyncio.sleep(settings.backoff_s * 2**attempt * (0.5 + random.random()))
-        finally:
-            if bar is not None:
-                bar.update(1)
+                finally:
+                    await settle(worst, actual)
+
+    async def counted(i: int) -> None:
+        await one(i)
+        if bar is not None:
+            bar.update(1)
 
     t0 = time.perf_counter()
     todo = [i for i, a in enumerate(answers) if a is None]
-    await asyncio.gather(*(one(i) for i in todo))
+    await asyncio.gather(*(counted(i) for i in todo))
     if bar is not None:
         bar.close()
     if use_cache and any(a is not None for a in answers):
