@@ -270,16 +270,20 @@ def _provider(r: _Reader, env: Mapping[str, str], litellm_prices: Any) -> Provid
 def _descriptor(r: _Reader) -> tuple[str | None, DescribeConfig | None]:
     """``descriptor:`` is a file path, ``probe`` (defaults), or a mapping with one of ``file``,
     ``probe: {max_cost_usd, concurrency, retries, max_tokens, max_missing, timeout_s}`` or
-    ``logit: {lm, timeout_s}`` (or ``logit: LM``)."""
+    ``logit: {lm, timeout_s}`` (or ``logit: LM``). Shorthands are expanded first, then read once."""
+    r.seen.add("descriptor")
     raw = r.raw.get("descriptor")
     if raw is None:
-        r.seen.add("descriptor")
         return None, None
     if isinstance(raw, str):
-        r.seen.add("descriptor")
-        return (None, DescribeConfig("probe")) if raw == "probe" else (raw, None)
-    d = r.sub("descriptor")
-    assert d is not None
+        raw = {"probe": {}} if raw == "probe" else {"file": raw}
+    elif isinstance(raw, Mapping):
+        raw = dict(raw)
+        if "probe" in raw and raw["probe"] is None:
+            raw["probe"] = {}
+        if "logit" in raw and not isinstance(raw["logit"], Mapping):
+            raw["logit"] = {} if raw["logit"] is None else {"lm": raw["logit"]}
+    d = _Reader(r.file, r._field("descriptor"), raw)
     given = [k for k in ("file", "probe", "logit") if k in d.raw]
     if len(given) != 1:
         raise ConfigError(r.file, d.path, "give exactly one of file, probe, logit")
@@ -287,14 +291,8 @@ def _descriptor(r: _Reader) -> tuple[str | None, DescribeConfig | None]:
         path = d.get("file", str, required=True)
         d.done()
         return path, None
-    if given[0] == "logit" and isinstance(d.raw["logit"], str):
-        d.seen.add("logit")
-        d.done()
-        return None, DescribeConfig("logit", lm=d.raw["logit"])
     sub = d.sub(given[0])
-    if sub is None:  # `probe:` with nothing under it
-        d.done()
-        return None, DescribeConfig("probe") if given[0] == "probe" else _missing_lm(d)
+    assert sub is not None
     base = DescribeConfig("probe")
     if given[0] == "probe":
         out = DescribeConfig(
@@ -312,10 +310,6 @@ def _descriptor(r: _Reader) -> tuple[str | None, DescribeConfig | None]:
     sub.done()
     d.done()
     return None, out
-
-
-def _missing_lm(d: _Reader) -> DescribeConfig:
-    raise ConfigError(d.file, d._field("logit"), "needs the local model: logit: smollm2-135m, or logit: {lm: ...}")
 
 
 def _key(r: _Reader, providers: set[str]) -> KeyConfig:
