@@ -189,44 +189,33 @@ def _probe_descriptor(tmp_path: Path, model_column: str) -> Path:
 
 @pytest.mark.slow
 def test_provider_added_by_descriptor_gets_the_prompts_it_is_best_for(tmp_path: Path, upstream: str) -> None:
-    import pandas as pd
-
-    from router_core.paths import default_data_dir
-
-    raw = yaml.safe_load((ROOT / "gateway.yaml").read_text())
-    pool = [p for p in raw["providers"] if p["expert"] != "gpt-4-1106-preview"]  # the strongest model is out
-    for p in pool:
-        p["api_base"] = upstream
+    pool = _bundled_pool(upstream, lambda expert: expert != "gpt-4-1106-preview")  # the strongest model is out
     cfg = {"server": {"reload_interval_s": 0.1}, "router": {"default_tradeoff": 0.0}, "providers": pool}
     path = tmp_path / "gateway.yaml"
     _write(path, cfg)
-    df = pd.read_parquet(default_data_dir() / "routerbench_subset" / "routerbench_subset.parquet")
-    prompts = [str(p) for _, g in df[df.split == "test"].groupby("eval_name") for p in g.prompt_text.head(10)]
+    prompts = _test_prompts(10)
     base, stop = start_gateway(path)
     try:
-        def decisions() -> dict[str, int]:
-            counts: dict[str, int] = {}
-            for prompt in prompts:
-                r = httpx.post(base + "/v1/chat/completions",
-                               json={"model": "auto", "messages": [{"role": "user", "content": prompt}]})
-                assert r.status_code == 200, r.text
-                counts[r.headers["x-cscr-provider"]] = counts.get(r.headers["x-cscr-provider"], 0) + 1
-            return counts
-
-        before = decisions()
+        before = _auto_decisions(base, prompts)
         # the same model joins under a name the artifact has never seen, with only its descriptor
         new = {"name": "newcomer", "model": "openai/gpt-4-1106-preview", "api_base": upstream,
                "input_usd_per_mtok": 10.0, "output_usd_per_mtok": 30.0,
                "descriptor": str(_probe_descriptor(tmp_path, "gpt-4-1106-preview"))}
         _write(path, {**cfg, "providers": [*pool, new]})
         _wait_for(lambda: _named_ok(base, "newcomer"))
-        after = decisions()
+        after = _auto_decisions(base, prompts)
         ready = httpx.get(base + "/ready").json()["checks"]["config"]
         assert ready["expert_problems"] == []
         print(f"\nbefore: {before}\nafter:  {after}")
         assert "newcomer" not in before and after.get("newcomer", 0) > 0
     finally:
         stop()
+
+
+def _bundled_pool(upstream: str, keep: Any) -> list[dict[str, Any]]:
+    """The default gateway.yaml's providers whose expert ``keep`` accepts, pointed at ``upstream``."""
+    raw = yaml.safe_load((ROOT / "gateway.yaml").read_text())
+    return [{**p, "api_base": upstream} for p in raw["providers"] if keep(p["expert"])]
 
 
 def _auto_decisions(base: str, prompts: list[str]) -> dict[str, int]:
@@ -258,10 +247,7 @@ def test_provider_probed_on_arrival_on_two_replicas(tmp_path: Path, upstream: st
     """``descriptor: probe``: one replica probes the newcomer through litellm (the replay upstream
     answers as gpt-4 did), scores the answers, stores the descriptor; both replicas route to it; a
     replica started later takes it from the store without probing again."""
-    raw = yaml.safe_load((ROOT / "gateway.yaml").read_text())
-    pool = [p for p in raw["providers"] if p["expert"] != "gpt-4-1106-preview"]
-    for p in pool:
-        p["api_base"] = upstream
+    pool = _bundled_pool(upstream, lambda expert: expert != "gpt-4-1106-preview")
     prompts = _test_prompts(6)
     with redis_server(tmp_path) as srv:
         cfg = {"store": srv.url, "server": {"reload_interval_s": 0.1}, "router": {"default_tradeoff": 0.0},
@@ -314,10 +300,7 @@ def test_descriptor_job_failure_is_visible_and_a_fixed_config_retries_at_once(tm
     """A provider whose probing fails (here: a cost cap too small for even one probe) gets no
     descriptor: the failure is on /ready and the provider is still served. Raising the cap in
     gateway.yaml is a new attempt at once (not after the 10-minute retry delay), and it succeeds."""
-    raw = yaml.safe_load((ROOT / "gateway.yaml").read_text())
-    pool = [p for p in raw["providers"] if p["expert"] in ("mistralai/mistral-7b-chat", "claude-v2")]
-    for p in pool:
-        p["api_base"] = upstream
+    pool = _bundled_pool(upstream, lambda expert: expert in ("mistralai/mistral-7b-chat", "claude-v2"))
     # claude-v1 and max_tokens 200: answers no other test here has cached (cached answers cost
     # nothing, so they would pass any cap)
     newcomer = {"name": "newcomer", "model": "openai/claude-v1", "api_base": upstream,
