@@ -176,6 +176,8 @@ class CSCRRouter:
     ) -> None:
         self.artifact = artifact
         self.source = source  # the artifact directory, when loaded from one
+        shipped = None if source is None else source / "probes.json"
+        self._probes_file = str(shipped) if shipped is not None and shipped.exists() else None
         cfg = artifact.config
         if cfg.routing_text and cfg.routing_text != ROUTING_TEXT_VERSION:
             log.warning("router trained with routing text %r, serving with %r", cfg.routing_text, ROUTING_TEXT_VERSION)
@@ -225,8 +227,8 @@ class CSCRRouter:
         if not isinstance(spec, dict):
             return None
         out = dict(spec)
-        if self.source is not None and (self.source / "probes.json").exists():
-            out["probes_file"] = str(self.source / "probes.json")  # the probe prompts, shipped with it
+        if self._probes_file is not None:
+            out["probes_file"] = self._probes_file  # the probe prompts, shipped with the artifact
         return out
 
     def key_for_descriptor(self, descriptor: np.ndarray) -> np.ndarray:
