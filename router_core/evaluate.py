@@ -42,6 +42,7 @@ from router_core.baselines import (
     single_choices,
     sweep,
 )
+from router_core.ceiling import LEARNERS
 from router_core.data import Benchmark, load_benchmark, unseen_model_split, versions_of
 from router_core.metrics import Interval, bootstrap, cost_grid, curve_points
 
@@ -66,6 +67,11 @@ class Setup:
     unseen: tuple[str, ...] = ()
     # descriptor files per kind (``--descriptor-dir``): (M, F) in ``bench.models`` order
     descriptor_sets: dict[str, np.ndarray] = field(default_factory=dict)
+    # ``--reference-models``: models moved out of the pool; their grades, shown only to the
+    # reference oracle (``router_core.ceiling``): (N_train, R) and (N_test, R)
+    reference: tuple[str, ...] = ()
+    reference_train: np.ndarray | None = None
+    reference_test: np.ndarray | None = None
 
 
 def load_descriptor_sets(s: Setup, dirs: Sequence[Path]) -> Setup:
@@ -85,6 +91,11 @@ def descriptor_routers(s: Setup) -> list[str]:
     return [name for kind in s.descriptor_sets for name in (f"infonce+{kind}", f"infonce+accuracy+{kind}")]
 
 
+def reference_routers(s: Setup) -> list[str]:
+    """``reference-oracle-<learner>`` when the setup has reference models (``--reference-models``)."""
+    return [f"reference-oracle-{learner}" for learner in LEARNERS] if s.reference else []
+
+
 def prepare(
     benchmark: str,
     split: str = "in-dist",
@@ -92,10 +103,17 @@ def prepare(
     encoder: str = "minilm",
     seed: int = 0,
     max_prompts: int | None = None,
+    reference_models: bool = False,
 ) -> Setup:
-    """Load, split and embed. ``encoder="random"`` uses seeded Gaussian vectors (tests, ablation)."""
+    """Load, split and embed. ``encoder="random"`` uses seeded Gaussian vectors (tests, ablation).
+
+    ``reference_models``: a seeded third of the models (the unseen-models split's third) leaves the
+    routing pool; their grades are kept for the reference oracle (``router_core.ceiling``).
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if reference_models and split != "in-dist":
+        raise ValueError("--reference-models goes with the in-dist split only")
     if benchmark == "routerbench" and split != "in-dist":
         raise ValueError("routerbench has only the in-dist split")
     opts: dict[str, Any] = {"split": "ood" if split == "ood" else "in-dist"} if benchmark == "mmlu_pro" else {}
@@ -117,7 +135,20 @@ def prepare(
         for j, m in enumerate(bench.models):
             if m in unseen:
                 observed[:, j] = probe
-    return Setup(bench, bench.subset(tr), bench.subset(te), emb[tr], emb[te], observed, split, encoder, unseen)
+    reference: tuple[str, ...] = ()
+    ref_q: np.ndarray | None = None
+    if reference_models:
+        _, ref_list = unseen_model_split(bench.models, seed=seed)
+        reference = tuple(ref_list)
+        ref_q = bench.models_subset(ref_list).quality
+        bench = bench.models_subset([m for m in bench.models if m not in reference])
+        observed = observed[:, : len(bench.models)]
+    return Setup(
+        bench, bench.subset(tr), bench.subset(te), emb[tr], emb[te], observed, split, encoder, unseen,
+        reference=reference,
+        reference_train=None if ref_q is None else ref_q[tr],
+        reference_test=None if ref_q is None else ref_q[te],
+    )  # fmt: skip
 
 
 def embed(prompts: Sequence[str], encoder: str, seed: int = 0) -> np.ndarray:
@@ -155,7 +186,14 @@ def _group_oracle(s: Setup) -> Decisions:
     return Decisions(LAMBDAS, sweep(p_hat, model_costs(s.train.cost)))
 
 
-def _ours(s: Setup, seed: int) -> Decisions:
+@dataclass(frozen=True)
+class _OursFit:
+    hp: dict[str, float]  # chosen by cross-validation on the training prompts
+    p_test: np.ndarray  # (N_test, M) p̂
+    c_test: np.ndarray  # (N_test, M) per-prompt cost estimate
+
+
+def _fit_ours(s: Setup, seed: int) -> _OursFit:
     from router_core.variants import KernelShrinkRouter, LengthCostModel, select_hyperparams
 
     lengths_tr = np.array([len(p) for p in s.train.prompts], dtype=np.float64)
@@ -171,7 +209,17 @@ def _ours(s: Setup, seed: int) -> Decisions:
     )
     router.fit(s.train_emb, s.train.quality, s.observed)
     c_hat = LengthCostModel().fit(lengths_tr, s.train.cost).predict(lengths_te)
-    return Decisions(LAMBDAS, sweep(router.predict(s.test_emb), c_hat))
+    return _OursFit(hp, router.predict(s.test_emb), c_hat)
+
+
+def _reference_oracle(s: Setup, ours: Callable[[], _OursFit], learner: str, seed: int) -> Decisions:
+    """Cheating reference: our router's p̂ corrected by the reference models' grades on each test
+    prompt (``router_core.ceiling``); our router's cost estimate."""
+    from router_core.ceiling import cross_fitted, reference_oracle
+
+    fit = ours()
+    p_hat = reference_oracle(s, learner, cross_fitted(s, fit.hp, seed), fit.p_test, seed)
+    return Decisions(LAMBDAS, sweep(p_hat, fit.c_test))
 
 
 def _contrastive(s: Setup, loss: str, seed: int, descriptors: str = "accuracy") -> Decisions:
@@ -238,6 +286,7 @@ def run_routers(s: Setup, routers: Sequence[str], seed: int = 0) -> dict[str, De
     """Every requested router's decisions on ``s.test``, in a stable order."""
     n = len(s.test)
     mc = model_costs(s.train.cost)
+    ours = functools.cache(lambda: _fit_ours(s, seed))  # shared by ours and the reference oracle
     makers: dict[str, Callable[[], Decisions]] = {
         "oracle": lambda: Decisions(np.concatenate([[0.0], LAMBDAS[1:]]), oracle_choices(s.test.quality, s.test.cost)),
         "group-oracle": lambda: _group_oracle(s),
@@ -246,8 +295,10 @@ def run_routers(s: Setup, routers: Sequence[str], seed: int = 0) -> dict[str, De
         "kmeans": lambda: _quality_router(KMeansRouter(n_clusters=20, seed=seed), s),
         "infonce": lambda: _contrastive(s, "infonce", seed),
         "cscr": lambda: _contrastive(s, "cscr", seed),
-        "ours": lambda: _ours(s, seed),
+        "ours": lambda: Decisions(LAMBDAS, sweep(ours().p_test, ours().c_test)),
     }
+    for name in reference_routers(s):
+        makers[name] = functools.partial(_reference_oracle, s, ours, name.removeprefix("reference-oracle-"), seed)
     for name in descriptor_routers(s):
         makers[name] = functools.partial(_contrastive, s, "infonce", seed, name.split("+", 1)[1])
     out: dict[str, Decisions] = {}
@@ -257,7 +308,10 @@ def run_routers(s: Setup, routers: Sequence[str], seed: int = 0) -> dict[str, De
                 out[f"single:{m}"] = Decisions(np.array([np.nan]), single_choices(n, j))
             continue
         if name not in makers:
-            raise ValueError(f"unknown router {name!r}; expected some of {ALL_ROUTERS + tuple(descriptor_routers(s))}")
+            if name.startswith("reference-oracle"):
+                raise ValueError(f"router {name!r} needs --reference-models")
+            known = ALL_ROUTERS + tuple(descriptor_routers(s)) + tuple(reference_routers(s))
+            raise ValueError(f"unknown router {name!r}; expected some of {known}")
         t0 = time.perf_counter()
         try:
             out[name] = makers[name]()
@@ -355,19 +409,24 @@ def evaluate(
 def paired_lines(
     s: Setup, decisions: dict[str, Decisions], results: dict[str, dict[str, Interval]], n_boot: int
 ) -> str:
-    """Paired bootstrap of AUDC differences: ours vs the best prompt-aware baseline (same resamples)."""
+    """Paired bootstrap of AUDC differences (same resamples): ours vs every prompt-aware baseline, and
+    each cheating reference (group-oracle, reference-oracle-*) vs the best baseline, the bar's yardstick."""
     from router_core.metrics import paired_difference
 
     base = [b for b in ("kmeans", "knn", "infonce", "cscr") if b in results]
-    if "ours" not in decisions or not base:
+    if not base:
         return ""
     best = max(base, key=lambda b: results[b]["audc"].value)
+    pairs = [("ours", b) for b in base if "ours" in decisions]
+    pairs += [(r, best) for r in ("group-oracle", *reference_routers(s)) if r in decisions]
+    if not pairs:
+        return ""
     lines = ["", f"Paired bootstrap, AUDC difference ({n_boot} shared resamples):", ""]
-    for b in base:
-        d = paired_difference(decisions["ours"].choices, decisions[b].choices, s.test.quality, s.test.cost, n_boot)
+    for a, b in pairs:
+        d = paired_difference(decisions[a].choices, decisions[b].choices, s.test.quality, s.test.cost, n_boot)
         rel = d.value / results[b]["audc"].value
         mark = " (best baseline)" if b == best else ""
-        lines.append(f"- ours − {b}{mark}: {d.value:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}] ({rel:+.1%} relative)")
+        lines.append(f"- {a} − {b}{mark}: {d.value:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}] ({rel:+.1%} relative)")
     return "\n".join(lines) + "\n"
 
 
@@ -381,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "for every --descriptor-dir")
     p.add_argument("--descriptor-dir", type=Path, action="append", default=[],
                    help="descriptor files of every model, one kind per directory (repeatable): descriptor ablation")
+    p.add_argument("--reference-models", action="store_true",
+                   help="move a seeded third of the models out of the pool; their grades on each test prompt "
+                   "feed the cheating reference-oracle-lr / -gbm routers (what knowing item difficulty buys)")
     p.add_argument("--encoder", default="minilm", help="minilm | static-minilm | random")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples")
@@ -394,8 +456,10 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
-    s = prepare(args.benchmark, args.split, args.data, args.encoder, args.seeds[0], args.max_prompts)
-    routers = list(args.routers)
+    s = prepare(
+        args.benchmark, args.split, args.data, args.encoder, args.seeds[0], args.max_prompts, args.reference_models
+    )
+    routers = list(args.routers) + [r for r in reference_routers(s) if r not in args.routers]
     if args.descriptor_dir:
         s = load_descriptor_sets(s, args.descriptor_dir)
         routers += [r for r in descriptor_routers(s) if r not in routers]
@@ -412,6 +476,11 @@ def main(argv: list[str]) -> int:
     )
     if s.unseen:
         header += f"Unseen models (descriptor only): {', '.join(s.unseen)}.\n"
+    if s.reference:
+        header += (
+            f"Reference models (not routable; their grades on each test prompt are shown to the cheating "
+            f"reference-oracle routers only): {', '.join(s.reference)}.\n"
+        )
     table = markdown_table(results, title)
     table += paired_lines(s, decisions, results, args.bootstrap)
     print(header)
@@ -427,6 +496,7 @@ def main(argv: list[str]) -> int:
             "data_versions": versions_of(s.bench),
             "encoder": args.encoder,
             "unseen_models": list(s.unseen),
+            "reference_models": list(s.reference),
             "results": {k: {m: iv.__dict__ for m, iv in r.items()} for k, r in results.items()},
             "points": {
                 k: [list(map(float, a)) for a in curve_points(d.choices, s.test.quality, s.test.cost)]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from router_core.evaluate import evaluate, main, prepare
+from router_core.data import load_benchmark
+from router_core.evaluate import evaluate, main, prepare, run_routers
 
 FAST_ROUTERS = ["oracle", "random", "single", "knn", "kmeans", "ours"]
 
@@ -84,3 +86,35 @@ def test_kernel_shrink_follows_close_neighbours_and_falls_back_to_the_cluster() 
     lengths = np.array([10.0, 20.0, 30.0])
     cm = LengthCostModel().fit(lengths, np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]]))
     np.testing.assert_allclose(cm.predict(np.array([40.0])), [[4.0, 5.0]], rtol=1e-6)
+
+
+def test_reference_models_leave_the_pool_and_only_the_reference_oracle_reads_them() -> None:
+    s = prepare("routerbench", encoder="random", max_prompts=400, reference_models=True)
+    assert len(s.reference) == 4 and not set(s.reference) & set(s.bench.models)
+    assert len(s.bench.models) == 7 and s.observed.shape == (len(s.train), 7)
+    assert s.reference_train is not None and s.reference_train.shape == (len(s.train), 4)
+    assert s.reference_test is not None and s.reference_test.shape == (len(s.test), 4)
+    full = load_benchmark("routerbench")
+    col = full.models.index(s.reference[0])
+    rows = [full.prompt_ids.index(p) for p in s.test.prompt_ids]
+    assert (s.reference_test[:, 0] == full.quality[rows, col]).all()  # the reference's real grades
+    with pytest.raises(ValueError, match="needs --reference-models"):
+        run_routers(prepare("routerbench", encoder="random", max_prompts=100), ["reference-oracle-lr"])
+
+
+def test_reference_oracle_uses_the_grades_it_is_shown() -> None:
+    """Shown a copy of one pool model's grades, the reference oracle predicts that model almost
+    perfectly, while ours (random features) cannot; the harness routes better with it."""
+    from router_core.ceiling import cross_fitted, reference_oracle
+    from router_core.evaluate import _fit_ours
+
+    s = prepare("routerbench", encoder="random", max_prompts=600, reference_models=True)
+    j = s.bench.models.index("gpt-3.5-turbo-1106")
+    s = replace(s, reference_train=s.train.quality[:, [j]], reference_test=s.test.quality[:, [j]])
+    ours = _fit_ours(s, 0)
+    p_hat = reference_oracle(s, "lr", cross_fitted(s, ours.hp, 0), ours.p_test, 0)
+    y = s.test.quality[:, j] > 0.5
+    assert p_hat[y, j].min() > p_hat[~y, j].max()  # separates right from wrong answers
+    _, results = evaluate(s, ["ours", "reference-oracle-lr", "reference-oracle-gbm"], n_boot=20)
+    for learner in ("lr", "gbm"):
+        assert results[f"reference-oracle-{learner}"]["audc"].value > results["ours"]["audc"].value
