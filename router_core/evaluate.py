@@ -6,8 +6,9 @@
 
 Routers (``--routers``, default all): ``oracle``, ``group-oracle`` (cheating reference: per-task
 test accuracy), ``random``, ``single`` (one row per model),
-``knn``, ``kmeans``, ``infonce`` (vanilla contrastive), ``cscr``, ``ours`` (``variants.py``).
-Metric definitions: ``router_core.metrics`` and ``docs/EVALUATION.md``.
+``knn``, ``kmeans``, ``infonce`` (vanilla contrastive), ``cscr``, ``ours`` (``variants.py``); with
+``--reference-models``, also ``reference-oracle-lr`` / ``-gbm`` (cheating: reads held-out models'
+grades on each test prompt, ``ceiling.py``). Metric definitions: ``router_core.metrics`` and ``docs/EVALUATION.md``.
 
 Splits:
 - ``in-dist``: RouterBench's own test split; MMLU-Pro's seeded 2,000 held-out questions.
