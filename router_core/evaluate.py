@@ -444,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-models", action="store_true",
                    help="move a seeded third of the models out of the pool; their grades on each test prompt "
                    "feed the cheating reference-oracle-lr / -gbm routers (what knowing item difficulty buys)")
-    p.add_argument("--encoder", default="minilm", help="minilm | static-minilm | random")
+    p.add_argument("--encoder", default="minilm",
+                   help="minilm | minilm-onnx | minilm-onnx-int8 | static-minilm | hash | random")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples")
     p.add_argument("--max-prompts", type=int, default=None, help="evaluate on a small slice (smoke test)")
