@@ -143,7 +143,7 @@ def prepare(
         reference = tuple(ref_list)
         ref_q = bench.models_subset(ref_list).quality
         bench = bench.models_subset([m for m in bench.models if m not in reference])
-        observed = observed[:, : len(bench.models)]
+        observed = np.ones((int(tr.sum()), len(bench.models)), dtype=bool)  # in-dist: every label
     return Setup(
         bench, bench.subset(tr), bench.subset(te), emb[tr], emb[te], observed, split, encoder, unseen,
         reference=reference,
