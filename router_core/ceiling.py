@@ -58,15 +58,12 @@ def _classifier(learner: str, seed: int) -> Any:
 
 def cross_fitted(s: Setup, hp: dict[str, float], seed: int) -> np.ndarray:
     """Our router's p̂ on the training prompts, each fold predicted by a router fitted on the others."""
-    from router_core.variants import KernelShrinkRouter
+    from router_core.variants import KernelShrinkRouter, random_folds
 
-    n = len(s.train)
-    fold = np.random.default_rng(seed).permutation(n) % CROSS_FOLDS
+    fold = random_folds(len(s.train), CROSS_FOLDS, seed)
     out = np.zeros(s.train.quality.shape)
     for f in range(CROSS_FOLDS):
-        r = KernelShrinkRouter(
-            k=int(hp["k"]), bandwidth=hp["bandwidth"], prior_strength=hp["prior_strength"], seed=seed
-        )
+        r = KernelShrinkRouter.from_hyperparams(hp, seed)
         r.fit(s.train_emb[fold != f], s.train.quality[fold != f])
         out[fold == f] = r.predict(s.train_emb[fold == f])
     return out
@@ -78,10 +75,9 @@ def reference_oracle(
     """p̂ (N_test, M) of the pool models from the reference models' grades on each prompt (cheats)."""
     if s.reference_train is None or s.reference_test is None:
         raise ValueError("the reference oracle needs --reference-models")
-    key = "task" if "task" in s.bench.extra else "category"
-    names = np.unique(s.bench.extra[key])
-    shared_tr = np.hstack([s.reference_train, _onehot(s.train.extra[key], names)])
-    shared_te = np.hstack([s.reference_test, _onehot(s.test.extra[key], names)])
+    names = np.unique(s.bench.task_groups())
+    shared_tr = np.hstack([s.reference_train, _onehot(s.train.task_groups(), names)])
+    shared_te = np.hstack([s.reference_test, _onehot(s.test.task_groups(), names)])
     out = np.zeros((len(s.test), len(s.bench.models)))
     for j in range(len(s.bench.models)):
         y = s.train.quality[:, j] > 0.5

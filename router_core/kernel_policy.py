@@ -129,8 +129,7 @@ def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int =
     emb = embed_prompts(train.prompts, encoder, progress=True)
     lengths = np.array([len(p) for p in train.prompts], dtype=np.float64)
     hp = select_hyperparams(emb, train.quality, train.cost, lengths, seed=seed)
-    router = KernelShrinkRouter(k=int(hp["k"]), bandwidth=hp["bandwidth"], prior_strength=hp["prior_strength"],
-                                seed=seed)
+    router = KernelShrinkRouter.from_hyperparams(hp, seed)
     router.fit(emb, train.quality)
     c_hat = LengthCostModel().fit(lengths, train.cost).predict(lengths)
     table = _lam_table(router.predict(emb), c_hat)
@@ -158,8 +157,7 @@ def load_policy(path: Path, top_k: int | None = None) -> KernelShrinkPolicy:
     labels = arrays["labels"].astype(np.float64)
     observed = arrays["observed"].astype(bool)
     hp = config["hyperparameters"]
-    router = KernelShrinkRouter(k=int(hp["k"]), bandwidth=float(hp["bandwidth"]),
-                                prior_strength=float(hp["prior_strength"]), seed=int(config["seed"]))
+    router = KernelShrinkRouter.from_hyperparams(hp, int(config["seed"]))
     router.fit(emb, labels, observed)
     return KernelShrinkPolicy(router, config["experts"], config["lam_table"], config["encoder"], emb, labels,
                               observed)

@@ -62,6 +62,12 @@ class KernelShrinkRouter:
     _centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     _cluster_acc: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
 
+    @classmethod
+    def from_hyperparams(cls, hp: dict[str, float], seed: int = 0) -> KernelShrinkRouter:
+        """A router with (k, bandwidth, prior_strength) as :func:`select_hyperparams` returns them."""
+        k, h, m = int(hp["k"]), float(hp["bandwidth"]), float(hp["prior_strength"])
+        return cls(k=k, bandwidth=h, prior_strength=m, seed=seed)
+
     def fit(self, emb: np.ndarray, quality: np.ndarray, observed: np.ndarray | None = None) -> None:
         self._keys = _unit(emb)
         self._labels = quality
@@ -120,6 +126,11 @@ class LengthCostModel:
         return np.maximum(x @ self.coef, self.floor)  # (N, M)
 
 
+def random_folds(n: int, folds: int, seed: int = 0) -> np.ndarray:
+    """(n,) fold index of each row: a seeded permutation dealt round-robin, so folds differ by ≤ 1 row."""
+    return np.random.default_rng(seed).permutation(n) % folds
+
+
 GRID = {"k": (100, 400), "bandwidth": (0.05, 0.1, 0.2), "prior_strength": (0.5, 2.0, 5.0, 20.0, 50.0)}
 
 
@@ -141,7 +152,7 @@ def select_hyperparams(
     """
     n = emb.shape[0]
     if groups is None:
-        fold = np.random.default_rng(seed).permutation(n) % folds
+        fold = random_folds(n, folds, seed)
     else:
         names = np.unique(groups)
         order = np.random.default_rng(seed).permutation(len(names)) % folds
