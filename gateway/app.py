@@ -65,7 +65,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         policy, problem = (router, None) if router is not None else load_policy(config)
         store = open_store(config.store)
-        state = GatewayState(config, Forwarder(), policy, store, Metrics(), SettlementQueue(store), problem)
+        forwarder = Forwarder(config.providers)  # knows the provider keys, to scrub them from upstream errors
+        state = GatewayState(config, forwarder, policy, store, Metrics(), SettlementQueue(store), problem)
         holder["state"] = state
         app.state.gateway = state
         state.reloader = ConfigReloader(state, Path(config_path) if config_path else None, config_text, env)

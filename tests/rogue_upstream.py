@@ -132,7 +132,8 @@ async def _cut(conn: Conn, body: dict[str, Any], arg: str) -> bool:
 async def _status(conn: Conn, body: dict[str, Any], arg: str) -> bool:
     """``status:<code>``: an error that quotes the gateway's credentials back."""
     auth = conn.log[-1] if conn.log else ""
-    message = f"Incorrect API key provided: {auth}. Also seen: Bearer sk-live-abcdefghijklmnop1234 and {PROVIDER_SECRET}"
+    message = (f"Incorrect API key provided: {auth}. Also seen: Bearer sk-live-abcdefghijklmnop1234 "
+               f"and {PROVIDER_SECRET}")
     conn.send(http_response(int(arg), {"error": {"message": message, "type": "invalid_request_error",
                                                  "param": None, "code": "invalid_api_key"}}))
     return True
