@@ -260,7 +260,7 @@ def _usage_cost(state: GatewayState, plan: Plan, provider: ProviderConfig, usage
     p = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     c = usage.get("completion_tokens") if isinstance(usage, dict) else None
     problem = _usage_problem(plan, p, c)
-    if problem is None:
+    if problem is None and isinstance(p, int) and isinstance(c, int):
         return provider.cost(p, c), p, c
     state.metrics.errors.labels("upstream_usage_invalid").inc()
     log.warning("provider %s reported implausible usage (%s); billing the tokens counted here",
