@@ -35,8 +35,9 @@ def _providers(base: str) -> list[dict[str, Any]]:
            provider("tools-litellm", "hosted_vllm/tools", base, (1.0, 1.0)),
            provider("tools-openai-litellm", "openai/tools", base, (1.0, 1.0), transport="litellm")]
     for what in MALFORMED:
-        out.append(provider(f"m-{what}", f"openai/malformed:{what}", base, (0.1, 0.1)))
         out.append(provider(f"late-{what}", f"openai/malformed:{what}@late", base, (0.1, 0.1)))
+        out.append(provider(f"late-{what}-litellm", f"openai/malformed:{what}@late", base, (0.1, 0.1),
+                            transport="litellm"))
     for how in ("close", "reset"):
         out.append(provider(f"cut-{how}", f"openai/cut:{how}", base, (0.1, 0.1)))
         out.append(provider(f"cut-{how}-litellm", f"openai/cut:{how}", base, (0.1, 0.1), transport="litellm"))
@@ -72,13 +73,14 @@ def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
     assert not bad, [r.getMessage() for r in bad]
 
 
+@pytest.mark.parametrize("transport", ["openai", "litellm"])
 @pytest.mark.parametrize("what", MALFORMED)
-def test_malformed_chunk_first_falls_back_to_the_next_provider(rogue: RogueUpstream, what: str,
+def test_malformed_chunk_first_falls_back_to_the_next_provider(rogue: RogueUpstream, what: str, transport: str,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     # only the malformed provider and a good one, the malformed one far cheaper: cost-only routing tries it first
     cfg = {"router": {"artifact": "none"}, "server": {"max_attempts": 2, "deadline_s": 20},
-           "providers": [provider("bad", f"openai/malformed:{what}", rogue.base, (0.1, 0.1)),
+           "providers": [provider("bad", f"openai/malformed:{what}", rogue.base, (0.1, 0.1), transport=transport),
                          provider("good", "openai/good", rogue.base, (5.0, 5.0))]}
     base, stop = start_gateway(cfg)
     try:
@@ -92,15 +94,17 @@ def test_malformed_chunk_first_falls_back_to_the_next_provider(rogue: RogueUpstr
     _no_tracebacks(caplog)
 
 
+@pytest.mark.parametrize("transport", ["", "-litellm"])
 @pytest.mark.parametrize("what", MALFORMED)
-def test_malformed_chunk_after_start_is_an_sse_error(gateway: str, client: openai.OpenAI, what: str,
+def test_malformed_chunk_after_start_is_an_sse_error(gateway: str, client: openai.OpenAI, what: str, transport: str,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    events = _sse_events(gateway, f"late-{what}")
+    model = f"late-{what}{transport}"
+    events = _sse_events(gateway, model)
     assert events[-1] != "[DONE]"
     assert '"error"' in events[-1] and "stream_interrupted" in events[-1]
     with pytest.raises(openai.APIError):
-        for _ in client.chat.completions.create(model=f"late-{what}", messages=MSG, stream=True):  # type: ignore[arg-type]
+        for _ in client.chat.completions.create(model=model, messages=MSG, stream=True):  # type: ignore[arg-type]
             pass
     _no_tracebacks(caplog)
 
