@@ -6,7 +6,10 @@ Two transports:
   these machines (ANCHORS.md); this path costs a fraction of it.
 - ``LiteLLMTransport``: everything else (Anthropic, Bedrock, Vertex, ...), translated by litellm.
 
-Both raise ``UpstreamError`` with ``retryable`` set, and stream chunks as plain dicts.
+Both raise ``UpstreamError`` with ``retryable`` set, and stream chunks as plain dicts. Neither
+trusts the provider: error text is scrubbed of provider keys (``Secrets``), a chunk not shaped as
+OpenAI's is a protocol error (``check_chunk``), and a stream that ends without the provider saying
+it finished (``[DONE]``, or litellm's record of a real finish_reason) is interrupted, not done.
 """
 
 from __future__ import annotations
