@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -601,3 +602,67 @@ def test_replicas_share_one_budget_through_redis(processes: Processes, tmp_path:
     cost_2 = float(second.headers["x-cscr-cost-usd"])
     assert cost_2 > 0
     assert left_2 == pytest.approx(left_1 - cost_2, abs=1e-7)
+
+
+def _ready(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.integration
+def test_the_manifests_redis_requires_the_password_the_gateway_sends(processes: Processes, tmp_path: Path) -> None:
+    """The StatefulSet's redis-server arguments, run for real (password, port and --dir local), and
+    `cscr serve` with the ConfigMap's store URL: with the Secret's password the store is ready;
+    without it Redis refuses (NOAUTH) and so does /ready; and a full Redis refuses, never evicts."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    import redis
+
+    objects = _checks().load(K8S)
+    password, port = "0f" * 16, _free_port()
+    args = [a.replace("$(REDIS_PASSWORD)", password) for a in _redis_args(objects)]
+    args[args.index("--dir") + 1] = str(tmp_path)
+    args[args.index("--maxmemory") + 1] = "2mb"  # filled below; the manifest's 256mb would take a while
+    processes.start("redis", ["redis-server", "--port", str(port), *args[1:]])
+    client = redis.Redis(port=port, password=password, socket_timeout=5)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(port=port, socket_timeout=5).ping()  # NOAUTH
+    assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    assert client.config_get("appendonly") == {"appendonly": "yes"}
+
+    raw = yaml.safe_load(objects[("ConfigMap", "cscr-gateway-config")]["data"]["gateway.yaml"])
+    raw["store"] = raw["store"].replace("@redis:6379", f"@127.0.0.1:{port}")
+    raw["router"]["artifact"] = "none"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    urls = {}
+    for name, secret in (("right", password), ("wrong", "not-the-password")):
+        gw_port = _free_port()
+        env = {"REDIS_PASSWORD": secret, "OPENAI_API_KEY": "unused", "ANTHROPIC_API_KEY": "unused"}
+        proc = processes.start(f"gateway-{name}", _cscr() + ["serve", "--config", str(config), "--port", str(gw_port),
+                                                             "--log-level", "warning"], env)
+        _wait(f"http://127.0.0.1:{gw_port}/health", proc)
+        urls[name] = f"http://127.0.0.1:{gw_port}/ready"
+    status, body = _ready(urls["right"])
+    assert status == 200 and body["checks"]["store"]["ok"] is True, body
+    status, body = _ready(urls["wrong"])
+    assert status == 503 and body["checks"]["store"]["ok"] is False, body
+
+    # noeviction: a full Redis refuses the write; what was there stays
+    client.set("cscr:test:first", "x")
+    with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):  # OOM
+        for i in range(10_000):
+            client.set(f"cscr:test:fill:{i}", "x" * 1024)
+    assert client.get("cscr:test:first") == b"x"
