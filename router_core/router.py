@@ -285,9 +285,9 @@ def bundled_artifact_path() -> Path:
 def load_router(path: Path | None = None, top_k: int | None = None) -> CSCRRouter:
     """Load a CSCR router artifact (None: the bundled RouterBench one) and its encoder.
 
-    The first call with the static encoder may build it (~20-80 s, once per machine, cached in
-    ``cache_dir()``); later loads take about a second. Artifacts of other variants:
-    ``load_routing_policy``.
+    The bundled artifact's static encoder ships distilled inside the package, so loading takes
+    about a second and needs no torch; an encoder that does not ship (``minilm-onnx``, ...) is
+    built on first use into ``cache_dir()``. Artifacts of other variants: ``load_routing_policy``.
     """
     src = bundled_artifact_path() if path is None else Path(path)
     artifact = RouterArtifact.load(src)

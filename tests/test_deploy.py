@@ -4,7 +4,9 @@ proxy, the replay upstream as provider, driven by the real `openai` client)."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -14,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +31,16 @@ from gateway.config import parse_config
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
+EXAMPLE_SECRETS = K8S / "examples" / "secrets.example.yaml"
+
+
+def _checks() -> Any:
+    """deploy/check_manifests.py (a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("check_manifests", DEPLOY / "check_manifests.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -58,8 +71,9 @@ def test_k8s_objects_have_the_basics() -> None:
         assert doc.get("apiVersion"), f"{kind}/{name}: apiVersion"
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), f"{kind}/{name}: not a DNS-1123 name"
     kinds = Counter(kind for kind, _ in objects)
-    for kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "Secret", "StatefulSet"):
+    for kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "StatefulSet", "NetworkPolicy"):
         assert kinds[kind] >= 1, f"no {kind} in deploy/k8s"
+    assert kinds["Secret"] == 0, "Secrets are created out of band, never applied with the manifests"
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -104,8 +118,12 @@ def test_deployment_runs_as_non_root() -> None:
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"]["drop"] == ["ALL"]
-    # a read-only root needs a writable /tmp (caches)
+    # a read-only root needs a writable /tmp, and a sized volume where CSCR_CACHE_DIR points
     assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"])
+    cache = next(e["value"] for e in c["env"] if e["name"] == "CSCR_CACHE_DIR")
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == cache]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["emptyDir"]["sizeLimit"] == "1Gi"  # the converted scorer alone is ~540 MB
 
 
 def test_service_and_hpa_target_the_deployment() -> None:
@@ -126,15 +144,146 @@ def test_configmap_gateway_yaml_parses_with_the_secret_keys() -> None:
     cm_name = next(v["configMap"]["name"] for v in objects[("Deployment", "cscr-gateway")]["spec"]["template"]
                    ["spec"]["volumes"] if "configMap" in v)
     secret_name = next(e["secretRef"]["name"] for e in c["envFrom"] if "secretRef" in e)
-    secret = objects[("Secret", secret_name)]
-    env = {k: "dummy" for k in secret["stringData"]}
+    secrets = {d["metadata"]["name"]: d for d in _docs(EXAMPLE_SECRETS)}
+    env = {k: "dummy" for k in secrets[secret_name]["stringData"]}
+    ref = next(e["valueFrom"]["secretKeyRef"] for e in c["env"] if e["name"] == "REDIS_PASSWORD")
+    assert ref["key"] in secrets[ref["name"]]["stringData"]
+    env["REDIS_PASSWORD"] = "dummy"
     raw = yaml.safe_load(objects[("ConfigMap", cm_name)]["data"]["gateway.yaml"])
     config = parse_config(raw, "configmap:gateway.yaml", env)  # a name missing from the Secret fails here
-    assert config.store.startswith("redis://redis:6379")
+    assert config.store == "redis://:dummy@redis:6379/0"
     assert {p.api_key_env for p in config.providers} <= set(env)
     redis_svc = objects[("Service", "redis")]
     assert redis_svc["spec"]["ports"][0]["port"] == 6379
     assert objects[("StatefulSet", "redis")]["spec"]["serviceName"] == "redis"
+
+
+# --- deploy/check_manifests.py: what a schema cannot say ------------------------------------
+
+
+def test_manifests_pass_their_checks() -> None:
+    assert _checks().all_problems(K8S) == []
+
+
+def _redis_args(objects: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    (redis,) = objects[("StatefulSet", "redis")]["spec"]["template"]["spec"]["containers"]
+    return list(redis["args"])
+
+
+def test_a_deployment_without_a_redis_password_is_refused() -> None:
+    checks = _checks()
+    objects = checks.load(K8S)
+    assert checks.redis_auth_problems(objects) == []
+    # Redis started without requirepass
+    no_pass = copy.deepcopy(objects)
+    (redis,) = no_pass[("StatefulSet", "redis")]["spec"]["template"]["spec"]["containers"]
+    at = redis["args"].index("--requirepass")
+    del redis["args"][at:at + 2]
+    assert any("--requirepass" in p for p in checks.redis_auth_problems(no_pass))
+    # the password written into the manifest instead of taken from the Secret
+    literal = copy.deepcopy(objects)
+    (redis,) = literal[("StatefulSet", "redis")]["spec"]["template"]["spec"]["containers"]
+    redis["env"] = [{"name": "REDIS_PASSWORD", "value": "hunter2"}]
+    assert any("Secret" in p for p in checks.redis_auth_problems(literal))
+    # a gateway that connects without one
+    open_url = copy.deepcopy(objects)
+    cm = open_url[("ConfigMap", "cscr-gateway-config")]["data"]
+    cm["gateway.yaml"] = cm["gateway.yaml"].replace(":${REDIS_PASSWORD}@", "")
+    assert any("store URL" in p for p in checks.redis_auth_problems(open_url))
+    # ... or whose password env var is optional (the pod would start without it)
+    optional = copy.deepcopy(objects)
+    gw = optional[("Deployment", "cscr-gateway")]["spec"]["template"]["spec"]["containers"][0]
+    next(e for e in gw["env"] if e["name"] == "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]["optional"] = True
+    assert checks.redis_auth_problems(optional)
+
+
+def test_redis_never_evicts_and_persists() -> None:
+    checks = _checks()
+    objects = checks.load(K8S)
+    args = _redis_args(objects)
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert args[args.index("--appendonly") + 1] == "yes"
+    evicting = copy.deepcopy(objects)
+    (redis,) = evicting[("StatefulSet", "redis")]["spec"]["template"]["spec"]["containers"]
+    redis["args"][redis["args"].index("--maxmemory-policy") + 1] = "allkeys-lru"
+    assert checks.redis_memory_problems(evicting)
+
+
+def test_grace_period_covers_prestop_and_graceful_drain() -> None:
+    checks = _checks()
+    objects = checks.load(K8S)
+    pod, c = _gateway_container(objects)
+    graceful = float(c["args"][c["args"].index("--graceful-timeout") + 1])
+    assert pod["terminationGracePeriodSeconds"] >= c["lifecycle"]["preStop"]["sleep"]["seconds"] + graceful + 5
+    short = copy.deepcopy(objects)
+    short[("Deployment", "cscr-gateway")]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 30
+    assert any("SIGKILL" in p for p in checks.gateway_pod_problems(short))
+
+
+def test_only_the_gateway_reaches_redis_and_hpa_is_cpu_only() -> None:
+    checks = _checks()
+    objects = checks.load(K8S)
+    assert checks.policy_problems(objects) == []
+    wide = copy.deepcopy(objects)
+    wide[("NetworkPolicy", "redis")]["spec"]["ingress"][0]["from"] = [{"podSelector": {}}]
+    assert checks.policy_problems(wide)
+
+
+def test_manifests_validate_against_the_kubernetes_schemas() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install '.[ops]'")
+    objects = _checks().load(K8S)
+    for doc in [*objects.values(), *_docs(EXAMPLE_SECRETS)]:
+        kubernetes_validate.validate(doc, "1.33.0", strict=True)
+
+
+def test_kustomize_renders_without_secrets() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed")
+    out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=True)
+    rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert {d["kind"] for d in rendered} >= {"Deployment", "StatefulSet", "NetworkPolicy"}
+    assert not [d for d in rendered if d["kind"] == "Secret"]
+    assert all(d["metadata"].get("namespace") == "cscr" for d in rendered if d["kind"] != "Namespace")
+
+
+def _ops_tool(name: str) -> str:
+    """checkov / hadolint from $CSCR_OPS_VENV (deploy/ops_checks.sh makes one), else PATH."""
+    venv = os.environ.get("CSCR_OPS_VENV")
+    path = str(Path(venv) / "bin" / name) if venv else shutil.which(name)
+    if not path or not Path(path).exists():
+        pytest.skip(f"{name} not installed (deploy/ops_checks.sh; CSCR_OPS_VENV=/tmp/cscr-ops)")
+    return path
+
+
+def _checkov_failures(checkov: str, manifests: list[dict[str, Any]], tmp_path: Path) -> set[str]:
+    (tmp_path / "k8s").mkdir(exist_ok=True)
+    (tmp_path / "k8s" / "all.yaml").write_text(yaml.safe_dump_all(manifests))
+    out = subprocess.run([checkov, "-d", str(tmp_path / "k8s"), "--framework", "kubernetes", "--skip-download",
+                          "--external-checks-dir", str(DEPLOY / "checkov"), "-o", "json", "--quiet"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    report = json.loads(out.stdout)
+    return {c["check_id"] for c in report["results"]["failed_checks"]}
+
+
+@pytest.mark.slow
+def test_checkov_refuses_redis_without_a_password(tmp_path: Path) -> None:
+    checkov = _ops_tool("checkov")
+    objects = _checks().load(K8S)
+    for (kind, _), doc in objects.items():  # what the kustomization's `namespace:` does
+        if kind != "Namespace":
+            doc["metadata"]["namespace"] = "cscr"
+    accepted = {"CKV_K8S_43", "CKV_K8S_15", "CKV_K8S_35"}  # why: deploy/ops_checks.sh
+    assert _checkov_failures(checkov, list(objects.values()), tmp_path) <= accepted
+    (redis,) = objects[("StatefulSet", "redis")]["spec"]["template"]["spec"]["containers"]
+    redis["args"] = [a for a in redis["args"] if a not in ("--requirepass", "$(REDIS_PASSWORD)")]
+    assert "CKV_CSCR_1" in _checkov_failures(checkov, list(objects.values()), tmp_path)
+
+
+def test_hadolint_is_clean() -> None:
+    hadolint = _ops_tool("hadolint")
+    out = subprocess.run([hadolint, str(DEPLOY / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 # --- Dockerfile ------------------------------------------------------------------------------
@@ -164,12 +313,16 @@ def test_dockerfile_is_multistage_non_root_with_healthcheck() -> None:
     assert any(ins == "COPY" and "--from=build" in arg for ins, arg in final)
     env = " ".join(arg for ins, arg in final if ins == "ENV")
     assert "LITELLM_LOCAL_MODEL_COST_MAP=True" in env
+    # lean by default: the base package only; torch (CPU index) only with an EXTRAS build argument
+    assert "EXTRAS=\"\"" in [arg for ins, arg in steps if ins == "ARG"]
     run = " ".join(arg for ins, arg in steps if ins == "RUN")
-    assert "download.pytorch.org/whl/cpu" in run and "torch==2.13.0" in run
-    # the router (and its static encoder, built on first load) is baked into the image
-    assert "load_router()" in run
-    assert any(ins == "COPY" and "/opt/cscr-cache" in arg for ins, arg in final)
-    assert "CSCR_CACHE_DIR=/opt/cscr-cache" in env
+    assert re.search(r"else\s+pip install \.;", run)
+    torch_at = run.index("download.pytorch.org/whl/cpu torch==2.13.0")
+    assert run.index('if [ -n "$EXTRAS" ]') < torch_at < run.index("else")
+    # the router loads from site-packages at build time, without the research stack
+    assert "load_router()" in run and "python -I -c" in run and "'torch'" in run
+    assert "CSCR_CACHE_DIR=/var/cache/cscr" in env
+    assert not any("cscr-cache" in arg for ins, arg in final if ins == "COPY")  # nothing to bake any more
     entry = json.loads(next(arg for ins, arg in final if ins == "ENTRYPOINT"))
     cmd = json.loads(next(arg for ins, arg in final if ins == "CMD"))
     assert entry + cmd == ["cscr", "serve", "--config", "/etc/cscr/gateway.yaml", "--host", "0.0.0.0",
@@ -449,3 +602,67 @@ def test_replicas_share_one_budget_through_redis(processes: Processes, tmp_path:
     cost_2 = float(second.headers["x-cscr-cost-usd"])
     assert cost_2 > 0
     assert left_2 == pytest.approx(left_1 - cost_2, abs=1e-7)
+
+
+def _ready(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.integration
+def test_the_manifests_redis_requires_the_password_the_gateway_sends(processes: Processes, tmp_path: Path) -> None:
+    """The StatefulSet's redis-server arguments, run for real (password, port and --dir local), and
+    `cscr serve` with the ConfigMap's store URL: with the Secret's password the store is ready;
+    without it Redis refuses (NOAUTH) and so does /ready; and a full Redis refuses, never evicts."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    import redis
+
+    objects = _checks().load(K8S)
+    password, port = "0f" * 16, _free_port()
+    args = [a.replace("$(REDIS_PASSWORD)", password) for a in _redis_args(objects)]
+    args[args.index("--dir") + 1] = str(tmp_path)
+    args[args.index("--maxmemory") + 1] = "2mb"  # filled below; the manifest's 256mb would take a while
+    processes.start("redis", ["redis-server", "--port", str(port), *args[1:]])
+    client = redis.Redis(port=port, password=password, socket_timeout=5)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(port=port, socket_timeout=5).ping()  # NOAUTH
+    assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    assert client.config_get("appendonly") == {"appendonly": "yes"}
+
+    raw = yaml.safe_load(objects[("ConfigMap", "cscr-gateway-config")]["data"]["gateway.yaml"])
+    raw["store"] = raw["store"].replace("@redis:6379", f"@127.0.0.1:{port}")
+    raw["router"]["artifact"] = "none"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    urls = {}
+    for name, secret in (("right", password), ("wrong", "not-the-password")):
+        gw_port = _free_port()
+        env = {"REDIS_PASSWORD": secret, "OPENAI_API_KEY": "unused", "ANTHROPIC_API_KEY": "unused"}
+        proc = processes.start(f"gateway-{name}", _cscr() + ["serve", "--config", str(config), "--port", str(gw_port),
+                                                             "--log-level", "warning"], env)
+        _wait(f"http://127.0.0.1:{gw_port}/health", proc)
+        urls[name] = f"http://127.0.0.1:{gw_port}/ready"
+    status, body = _ready(urls["right"])
+    assert status == 200 and body["checks"]["store"]["ok"] is True, body
+    status, body = _ready(urls["wrong"])
+    assert status == 503 and body["checks"]["store"]["ok"] is False, body
+
+    # noeviction: a full Redis refuses the write; what was there stays
+    client.set("cscr:test:first", "x")
+    with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):  # OOM
+        for i in range(10_000):
+            client.set(f"cscr:test:fill:{i}", "x" * 1024)
+    assert client.get("cscr:test:first") == b"x"
