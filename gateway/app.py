@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.admin import admin_routes
 from gateway.config import GatewayConfig
@@ -46,11 +50,49 @@ def load_policy(config: GatewayConfig) -> tuple[RoutingPolicy, str | None]:
         return CostOnlyPolicy(), problem
 
 
-def _error_response(err: GatewayError, state: GatewayState | None) -> JSONResponse:
+def _json(body: Any, status: int, headers: Mapping[str, str] | None = None) -> Response:
+    # ASCII-escaped: an error may quote what the caller sent (a lone surrogate cannot be UTF-8).
+    return Response(json.dumps(body).encode(), status, headers, media_type="application/json")
+
+
+def _error_response(err: GatewayError, state: GatewayState | None) -> Response:
     if state is not None:
         state.metrics.errors.labels(err.code or err.type).inc()
         state.metrics.requests.labels(str(err.status), "false").inc()
-    return JSONResponse(err.to_dict(), status_code=err.status)
+    return _json(err.to_dict(), err.status, err.headers())
+
+
+class ContainErrors:
+    """An exception nothing else handled becomes a 500 with a request id and one log line.
+    Starlette's handler for ``Exception`` answers and then re-raises, so uvicorn logs a traceback
+    and closes the keep-alive connection: this answers and stops. After the response started
+    there is nothing to answer with; the connection closes (the response is incomplete)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            rid = uuid.uuid4().hex[:16]
+            log.error("unhandled error on %s %s [request %s]: %s", scope["method"], scope["path"], rid,
+                      type(exc).__name__)
+            log.debug("request %s", rid, exc_info=exc)  # the traceback, for whoever turns debug on
+            if not started:
+                body = {"error": {"message": f"internal error in the gateway (request {rid})", "type": "server_error",
+                                  "param": None, "code": None}}
+                await _json(body, 500, {"x-request-id": rid})(scope, receive, send)
 
 
 def create_app(
@@ -65,7 +107,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         policy, problem = (router, None) if router is not None else load_policy(config)
         store = open_store(config.store)
-        state = GatewayState(config, Forwarder(), policy, store, Metrics(), SettlementQueue(store), problem)
+        forwarder = Forwarder(config.providers)  # knows the provider keys, to scrub them from upstream errors
+        state = GatewayState(config, forwarder, policy, store, Metrics(), SettlementQueue(store), problem)
         holder["state"] = state
         app.state.gateway = state
         state.reloader = ConfigReloader(state, Path(config_path) if config_path else None, config_text, env)
@@ -140,14 +183,6 @@ def create_app(
             status_code=exc.status_code,
         )
 
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(
-            {"error": {"message": "internal error in the gateway", "type": "server_error", "param": None,
-                       "code": None}},
-            status_code=500,
-        )
-
     routes = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/chat/completions", chat, methods=["POST"]),
@@ -159,5 +194,5 @@ def create_app(
     ]
     return Starlette(
         routes=routes, lifespan=lifespan,
-        exception_handlers={HTTPException: http_error, Exception: unexpected},
+        exception_handlers={HTTPException: http_error}, middleware=[Middleware(ContainErrors)],
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 
@@ -26,6 +28,10 @@ class GatewayError(Exception):
     def to_dict(self) -> dict[str, Any]:
         """The body OpenAI returns for errors: ``{"error": {message, type, param, code}}``."""
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        """Response headers that tell a client what to do about this error."""
+        return {}
 
 
 class InvalidRequest(GatewayError):
@@ -60,11 +66,27 @@ class BudgetExceeded(GatewayError):
     type = "insufficient_quota"
     code = "budget_exceeded"
 
+    def headers(self) -> dict[str, str]:
+        # A spent budget does not come back in a few seconds: the openai client retries a 429
+        # unless told not to, and would spend its retries (and the caller's time) for nothing.
+        return {"x-should-retry": "false"}
+
 
 class RateLimited(GatewayError):
+    """A key's requests- or tokens-per-minute limit. The store's windows are fixed and aligned to
+    the epoch (``Store.hit``), so the next one opens at the next multiple of ``window_s``."""
+
     status = 429
     type = "requests"
     code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
+                 window_s: int = 60) -> None:
+        super().__init__(message, code=code, param=param)
+        self.retry_after_s = max(1, math.ceil(window_s - time.time() % window_s))
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after_s)}
 
 
 class UpstreamError(GatewayError):

@@ -11,6 +11,12 @@ Request headers (they may only tighten what the key allows):
 - ``x-cscr-max-cost-usd``: the most this one request may cost (estimated before the call);
 - ``x-cscr-tradeoff``: the trade-off in [0, 1]; it overrides the default but may not go below the
   key's own trade-off when the key sets one (a key pinned to cheap routing cannot be made expensive).
+Each header at most once: two values are a 400, not a guess at which one was meant.
+
+A key's trade-off is a floor on every request it makes. Naming a provider chooses without the
+router, so a key with a floor above 0 may not name one (403): it would step around the floor
+(a key pinned to cheap routing naming the most expensive model). Its ``auto`` requests, presets
+and ``auto@T`` included, route at the floor or above.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from starlette.datastructures import Headers
 
 from gateway.config import GatewayConfig, KeyConfig, ProviderConfig
 from gateway.errors import BudgetExceeded, InvalidRequest, ModelNotFound, PermissionDenied
@@ -39,9 +47,14 @@ def auto_model_names() -> list[str]:
 
 
 def _header_float(headers: Mapping[str, str], name: str, lo: float, hi: float) -> float | None:
-    raw = headers.get(name)
-    if raw is None:
+    # A Mapping shows one value of a repeated header; starlette's Headers has them all.
+    values = headers.getlist(name) if isinstance(headers, Headers) else [headers[name]] if name in headers else []
+    if not values:
         return None
+    if len(values) > 1:
+        raise InvalidRequest(f"header {name} was sent {len(values)} times; send it once", param=name,
+                             code="invalid_header")
+    raw = values[0]
     try:
         value = float(raw)
     except ValueError:
@@ -89,6 +102,11 @@ def resolve_target(
         )
     if provider not in allowed:
         raise PermissionDenied(f"this key may not use {model!r}", param="model")
+    if floor > 0.0:
+        assert key is not None
+        raise PermissionDenied(
+            f"key {key.name!r} routes with a trade-off of at least {floor}, so it may not name a provider; "
+            f"use model 'auto'", param="model")
     return Target(False, max(header_tradeoff or 0.0, floor), (provider,))
 
 

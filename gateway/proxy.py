@@ -4,11 +4,13 @@ fallback, settle. The HTTP layer (``app.py``) only wires this to Starlette."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,13 +226,63 @@ async def _settle(state: GatewayState, res: Reservation | None, actual: float) -
     return None  # unreachable: the scope only shields, it swallows nothing
 
 
-def _usage_cost(provider: ProviderConfig, usage: Any) -> tuple[float, int, int] | None:
-    if not isinstance(usage, dict):
+MAX_USAGE_TOKENS = 10_000_000  # more than any context window; a larger count is a broken provider
+# A provider counts the prompt with its own tokenizer and counts what ours does not see (images,
+# tool schemas): its prompt_tokens may exceed our count, but not by this much.
+PROMPT_SLACK_FACTOR = 16
+PROMPT_SLACK_TOKENS = 100_000
+
+
+def _usage_problem(plan: Plan, prompt: Any, completion: Any) -> str | None:
+    """Why a provider's usage cannot be billed as it stands (None when it can)."""
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in (prompt, completion)):
+        return f"token counts {prompt!r:.40}, {completion!r:.40} are not integers"
+    if prompt < 0 or completion < 0:
+        return f"negative token counts ({prompt}, {completion})"
+    bound = plan.request.max_output_tokens
+    out_limit = min(bound * plan.request.n, MAX_USAGE_TOKENS) if bound else MAX_USAGE_TOKENS
+    if completion > out_limit:
+        return f"completion_tokens {str(completion):.24} exceeds the {out_limit} that could be generated"
+    in_limit = min(plan.prompt_tokens * PROMPT_SLACK_FACTOR + PROMPT_SLACK_TOKENS, MAX_USAGE_TOKENS)
+    if prompt > in_limit:
+        return f"prompt_tokens {str(prompt):.24} exceeds {in_limit} (the prompt counts {plan.prompt_tokens} here)"
+    return None
+
+
+def _usage_cost(state: GatewayState, plan: Plan, provider: ProviderConfig, usage: Any,
+                text: Callable[[], str]) -> tuple[float, int, int] | None:
+    """(cost, prompt tokens, completion tokens) from the provider's ``usage``; None when it sent
+    none. Usage that is not plausible (not integers, negative, more output than ``max_tokens``
+    allowed, a prompt far beyond ours) is not trusted: the request is billed by the tokens counted
+    here (the prompt as estimated, the completion from ``text``) and the metric counts it."""
+    if usage is None:
         return None
-    p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(p, int) or not isinstance(c, int):
-        return None
-    return provider.cost(p, c), p, c
+    p = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    c = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    problem = _usage_problem(plan, p, c)
+    if problem is None and isinstance(p, int) and isinstance(c, int):
+        return provider.cost(p, c), p, c
+    state.metrics.errors.labels("upstream_usage_invalid").inc()
+    log.warning("provider %s reported implausible usage (%s); billing the tokens counted here",
+                provider.name, problem)
+    completion = count_text(text())
+    return provider.cost(plan.prompt_tokens, completion), plan.prompt_tokens, completion
+
+
+def _answer_text(payload: dict[str, Any]) -> str:
+    """Everything a non-streamed answer generated: content and tool-call arguments."""
+    parts: list[str] = []
+    for choice in payload.get("choices") or ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            continue
+        if isinstance(message.get("content"), str):
+            parts.append(message["content"])
+        for call in message.get("tool_calls") or ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                parts.append(fn["arguments"])
+    return "".join(parts)
 
 
 def _headers(state: GatewayState, plan: Plan, provider: ProviderConfig, upstream_s: float) -> dict[str, str]:
@@ -297,7 +349,7 @@ async def complete(state: GatewayState, plan: Plan) -> Response:
             raise await _deadline(state, plan, res, repr(provider.name)) from None
         upstream_s = time.perf_counter() - t
         state.metrics.upstream.labels(provider.name).observe(upstream_s)
-        priced = _usage_cost(provider, payload.get("usage"))
+        priced = _usage_cost(state, plan, provider, payload.get("usage"), functools.partial(_answer_text, payload))
         actual = priced[0] if priced else plan.estimates[provider.name]  # no usage: bill the estimate
         live = await _settle(state, res, actual)
         _account(state, provider, priced, actual)
@@ -315,14 +367,20 @@ async def complete(state: GatewayState, plan: Plan) -> Response:
 def _account(state: GatewayState, provider: ProviderConfig, priced: tuple[float, int, int] | None,
              actual: float) -> None:
     m = state.metrics
-    m.spend.labels(provider.name).inc(actual)
+    if math.isfinite(actual) and actual > 0:  # counters only go up; usage was validated upstream of here
+        m.spend.labels(provider.name).inc(actual)
     if priced:
-        m.tokens.labels(provider.name, "input").inc(priced[1])
-        m.tokens.labels(provider.name, "output").inc(priced[2])
+        m.tokens.labels(provider.name, "input").inc(max(priced[1], 0))
+        m.tokens.labels(provider.name, "output").inc(max(priced[2], 0))
 
 
 def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _stream_error(message: str) -> bytes:
+    return _sse({"error": {"message": message, "type": "upstream_error", "param": None,
+                           "code": "stream_interrupted"}})
 
 
 async def stream(state: GatewayState, plan: Plan) -> Response:
@@ -352,6 +410,8 @@ async def stream(state: GatewayState, plan: Plan) -> Response:
         state.metrics.latency.observe(time.perf_counter() - plan.started)
         headers = _headers(state, plan, provider, upstream_s)
         headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
+        if plan.unmetered:
+            headers["x-cscr-unmetered"] = "store unreachable"
         relay = _relay(state, plan, provider, res, first, chunks)
         return StreamingResponse(relay, 200, headers, media_type="text/event-stream")
     raise _all_failed(plan, failures)
@@ -389,16 +449,19 @@ async def _relay(
         outcome = "upstream_error"
         state.metrics.errors.labels(f"stream_{err.kind}").inc()
         log.warning("stream from %s broke after it started: %s", provider.name, err.message)
-        yield _sse({"error": {"message": f"the stream from {provider.name!r} failed after it started: "
-                                          f"{err.message}", "type": "upstream_error", "param": None,
-                              "code": "stream_interrupted"}})
+        yield _stream_error(f"the stream from {provider.name!r} failed after it started: {err.message}")
+    except Exception as exc:  # a fault of the gateway's own: still an error event, not a cut stream
+        outcome = "gateway_error"
+        state.metrics.errors.labels("stream_internal").inc()
+        log.error("stream from %s failed in the gateway: %s: %.200s", provider.name, type(exc).__name__, exc)
+        yield _stream_error(f"the stream from {provider.name!r} failed in the gateway after it started")
     except BaseException:
         outcome = "client_disconnect"
         raise
     finally:
         with anyio.CancelScope(shield=True):
             await chunks.aclose()
-            priced = _usage_cost(provider, usage)
+            priced = _usage_cost(state, plan, provider, usage, lambda: "".join(text))
             if priced is None:
                 # No usage (stream cut or client gone): charge what was generated, as counted here.
                 completion = count_text("".join(text))

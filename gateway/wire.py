@@ -8,6 +8,7 @@ so a mistake is a 400 that names the field rather than an opaque upstream error.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,16 +17,20 @@ from gateway.errors import BodyTooLarge, InvalidRequest
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 _NUMBER = (int, float)
+MAX_JSON_DEPTH = 64  # OpenAI's own bodies nest ~10 deep (a tool's JSON schema a little more)
+INT32_MAX = 2**31 - 1  # the output bound: no model comes near it, and every estimate stays finite
+INT64 = 2**63
+_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: not text, no encoder takes it
 # name -> (accepted types, lower bound, upper bound); bounds as OpenAI documents them
 _PARAMS: dict[str, tuple[tuple[type, ...], float | None, float | None]] = {
     "temperature": (_NUMBER, 0, 2),
     "top_p": (_NUMBER, 0, 1),
     "presence_penalty": (_NUMBER, -2, 2),
     "frequency_penalty": (_NUMBER, -2, 2),
-    "max_tokens": ((int,), 1, None),
-    "max_completion_tokens": ((int,), 1, None),
+    "max_tokens": ((int,), 1, INT32_MAX),
+    "max_completion_tokens": ((int,), 1, INT32_MAX),
     "n": ((int,), 1, 128),
-    "seed": ((int,), None, None),
+    "seed": ((int,), -INT64, INT64 - 1),
     "top_logprobs": ((int,), 0, 20),
     "stream": ((bool,), None, None),
     "logprobs": ((bool,), None, None),
@@ -52,15 +57,39 @@ class ChatRequest:
     n: int
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity; JSON does not
+
+
+def _depth_exceeds(raw: bytes, value: Any, limit: int) -> bool:
+    """Level by level (half the time json.loads took, even for a body of a million small lists)."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:  # cannot nest deeper than it has brackets
+        return False
+    level = [value]
+    for _ in range(limit):
+        below: list[Any] = []
+        for v in level:  # json.loads makes exactly dicts and lists
+            below += [c for c in (v.values() if type(v) is dict else v) if type(c) is dict or type(c) is list]
+        if not below:
+            return False
+        level = below
+    return True
+
+
 def parse_body(raw: bytes, limit: int) -> dict[str, Any]:
     if len(raw) > limit:
         raise BodyTooLarge(f"request body is {len(raw)} bytes; the limit is {limit}")
+    too_deep = InvalidRequest(f"request body nests more than {MAX_JSON_DEPTH} levels deep", code="invalid_json")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:  # nested past Python's own limit
+        raise too_deep from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
+    if _depth_exceeds(raw, body, MAX_JSON_DEPTH):
+        raise too_deep
     return body
 
 
@@ -85,15 +114,31 @@ def _check_message(i: int, m: Any) -> None:
             raise InvalidRequest(f"{where}.content is required", param=f"{where}.content")
     elif isinstance(content, list):
         for j, part in enumerate(content):
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise InvalidRequest(
-                    f"{where}.content[{j}] must be an object with a string 'type'", param=f"{where}.content[{j}]"
-                )
+            _check_part(f"{where}.content[{j}]", part)
     elif not isinstance(content, str):
         raise InvalidRequest(
             f"{where}.content must be a string or a list of parts, got {_type_name(content)}",
             param=f"{where}.content",
         )
+    else:
+        _check_text(f"{where}.content", content)
+
+
+def _check_part(where: str, part: Any) -> None:
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+        raise InvalidRequest(f"{where} must be an object with a string 'type'", param=where)
+    if part["type"] == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise InvalidRequest(f"{where}.text must be a string, got {_type_name(text)}", param=f"{where}.text")
+        _check_text(f"{where}.text", text)
+
+
+def _check_text(where: str, text: str) -> None:
+    """Text the gateway itself reads (token counts, the router's encoder) must be encodable."""
+    if _SURROGATE.search(text):
+        raise InvalidRequest(f"{where} contains a lone UTF-16 surrogate (\\ud800-\\udfff); it is not valid text",
+                             param=where)
 
 
 def validate_chat(body: dict[str, Any]) -> ChatRequest:
@@ -118,7 +163,8 @@ def validate_chat(body: dict[str, Any]) -> ChatRequest:
             expected = " or ".join("number" if k in (int, float) and len(kinds) == 2 else k.__name__ for k in kinds)
             raise InvalidRequest(f"'{name}' must be {expected}, got {_type_name(v)}", param=name)
         if isinstance(v, int | float) and ((lo is not None and v < lo) or (hi is not None and v > hi)):
-            raise InvalidRequest(f"'{name}' is {v}; it must be within [{lo}, {hi}]", param=name)
+            shown = str(v) if len(str(v)) <= 24 else str(v)[:12] + f"... ({len(str(v))} digits)"
+            raise InvalidRequest(f"'{name}' is {shown}; it must be within [{lo}, {hi}]", param=name)
     stop = body.get("stop")
     if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
         raise InvalidRequest("'stop' must be a string or an array of strings", param="stop")
