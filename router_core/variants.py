@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from router_core.baselines import LAMBDAS, cluster_means, kmeans, label_groups, sweep, topk_cosine
+from router_core.baselines import LAMBDAS, cluster_means, kmeans, label_groups, sweep
 from router_core.metrics import cost_grid, curve_points, curve_stats
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ class KernelShrinkRouter:
     _observed: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool), repr=False)
     _centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     _cluster_acc: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
+    _keys_f32: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32), repr=False)
+    _groups: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
 
     @classmethod
     def from_hyperparams(cls, hp: dict[str, float], seed: int = 0) -> KernelShrinkRouter:
@@ -74,19 +76,38 @@ class KernelShrinkRouter:
         self._observed = np.ones(quality.shape, dtype=bool) if observed is None else observed
         self._centroids, labels = kmeans(self._keys, self.n_clusters, self.seed)
         self._cluster_acc = cluster_means(labels, quality, self.n_clusters, self._observed, self.cluster_strength)
+        self._keys_f32 = np.ascontiguousarray(self._keys, dtype=np.float32)
+        self._groups = label_groups(self._observed)
 
     def predict(self, emb: np.ndarray) -> np.ndarray:
         return self.combine(self.neighbours(emb, self.k), self.k, self.bandwidth, self.prior_strength)
 
     def neighbours(self, emb: np.ndarray, k: int) -> Neighbours:
-        """The search part: nearest cluster and the k most similar labelled prompts per label group."""
-        q = _unit(emb)
+        """The search part: nearest cluster and the k most similar labelled prompts per label group.
+
+        One exact similarity pass over every probe prompt, one sort, then per group of models the
+        first k of that order among the prompts where they are labelled. The same code serves one
+        gateway request and a batch, so evaluation and serving cannot disagree on neighbours."""
+        q = _unit(emb).astype(np.float32)
         nearest = ((q[:, None, :] - self._centroids[None]) ** 2).sum(-1).argmin(axis=1)  # (N,)
+        sims_all = q @ self._keys_f32.T  # (N, R)
+        order = np.argsort(-sims_all, axis=1, kind="stable")  # (N, R), most similar first
         found = []
-        for rows, cols in label_groups(self._observed):
-            sims, idx = topk_cosine(q, self._keys[rows], k)  # (N, k), best first
-            found.append((cols, sims, self._labels[rows][:, cols][idx]))  # labels (N, k, m)
+        for rows, cols in self._groups:
+            kk = min(k, rows.size)
+            if rows.size == self._keys.shape[0]:
+                idx = order[:, :kk]
+            else:  # stable: positions of this group's prompts, in similarity order
+                pos = np.argsort(~self._row_mask(rows)[order], axis=1, kind="stable")[:, :kk]
+                idx = np.take_along_axis(order, pos, axis=1)  # (N, kk) probe-prompt indices
+            sims = np.take_along_axis(sims_all, idx, axis=1).astype(np.float64)
+            found.append((cols, sims, self._labels[idx][:, :, cols]))  # labels (N, kk, m)
         return Neighbours(self._cluster_acc[nearest], found)
+
+    def _row_mask(self, rows: np.ndarray) -> np.ndarray:
+        mask = np.zeros(self._keys.shape[0], dtype=bool)
+        mask[rows] = True
+        return mask
 
     @staticmethod
     def combine(nb: Neighbours, k: int, bandwidth: float, prior_strength: float) -> np.ndarray:
