@@ -27,6 +27,7 @@ import argparse
 import csv
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from router_core.baselines import KMeansRouter, model_costs, oracle_choices, single_choices, sweep
 from router_core.data import LIST_PRICES, Benchmark, load_benchmark, versions_of
-from router_core.kernel_policy import LAMBDA_GRID, build, decide, load_policy
+from router_core.kernel_policy import LAMBDA_GRID, build, common_patterns, decide, load_policy
 from router_core.metrics import bootstrap, paired_difference
 from router_core.types import Candidate
 
@@ -58,6 +59,8 @@ def _p_hat(train: Benchmark, emb_tr: np.ndarray, emb_te: np.ndarray, seed: int) 
     from router_core.variants import KernelShrinkRouter, select_hyperparams
 
     observed = ~train.missing if train.missing is not None else np.ones(train.quality.shape, dtype=bool)
+    keep = common_patterns(observed)  # as ``kernel_policy.build`` does
+    train, emb_tr, observed = train.subset(keep), emb_tr[keep], observed[keep]
     lengths = np.array([len(p) for p in train.prompts], dtype=np.float64)
     hp = select_hyperparams(emb_tr, train.quality, train.cost, lengths, observed, seed=seed)
     router = KernelShrinkRouter.from_hyperparams(hp, seed)
@@ -170,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     scores = decisions(bench, emb, args.seed)
     sets = {s: score_set(bench, emb, scores, s, args.bootstrap, args.seed) for s in ("routerbench", "alpacaeval")}
     args.out.mkdir(parents=True, exist_ok=True)
-    artifact = build("routerbench+alpacaeval", args.out / "train-only-artifact", ENCODER, args.seed, "train")
-    table = [row for s in ("routerbench", "alpacaeval") for row in tradeoff_rows(bench, artifact, s)]
+    with tempfile.TemporaryDirectory() as tmp:  # the shipped artifact's recipe, on the train splits only
+        artifact = build("routerbench+alpacaeval", Path(tmp), ENCODER, args.seed, "train")
+        table = [row for s in ("routerbench", "alpacaeval") for row in tradeoff_rows(bench, artifact, s)]
     summary = {"command": "python -m router_core.default_eval " + " ".join(argv or []), "encoder": ENCODER,
                "data_versions": versions_of(bench), "sets": sets, "tradeoff_table": table,
                "seconds": round(time.perf_counter() - t0, 1)}

@@ -66,14 +66,14 @@ class KernelShrinkPolicy:
         self.router = router
         self.experts = list(experts)
         self.lam_table = np.asarray(lam_table, dtype=np.float64)
+        self._lam_grid = np.linspace(0.0, 1.0, len(self.lam_table))
         self.encoder = get_encoder(encoder)
         self.cost_model = cost_model  # the training data's USD per call by prompt length (calibrate)
         self._emb, self._labels, self._observed = embeddings, labels, observed
 
     def lam(self, tradeoff: float) -> float:
         t = float(min(max(tradeoff, 0.0), 1.0))
-        grid = np.linspace(0.0, 1.0, len(self.lam_table))
-        return float(np.interp(t, grid, self.lam_table))
+        return float(np.interp(t, self._lam_grid, self.lam_table))
 
     def predict(self, prompt: str) -> np.ndarray:
         """p̂ per expert for one prompt: (M,)."""
@@ -99,7 +99,7 @@ class KernelShrinkPolicy:
             experts = [*self.experts, name]
         router = KernelShrinkRouter(k=self.router.k, bandwidth=self.router.bandwidth,
                                     prior_strength=self.router.prior_strength, seed=self.router.seed)
-        router.fit(self._emb, labels, observed)
+        router.fit(self._emb, labels, observed, centroids=self.router.centroids)
         # swap whole objects: a concurrent rank sees the old pool or the new one, never a mix
         self.router, self._labels, self._observed, self.experts = router, labels, observed, experts
 
@@ -142,6 +142,18 @@ def tradeoff_table(p_hat: np.ndarray, cost: np.ndarray, n: int = 101) -> tuple[l
     return [float(x) for x in np.maximum.accumulate(table)], {"spend_hi_usd": hi, "spend_lo_usd": lo}
 
 
+def common_patterns(observed: np.ndarray, min_share: float = 0.01) -> np.ndarray:
+    """(N,) rows whose pattern of labelled models is shared by at least ``min_share`` of the rows.
+
+    Each distinct pattern makes the router search its own neighbours (one pass per group of models,
+    ``variants.label_groups``); a handful of prompts with a stray ungraded answer (~1% here) would
+    multiply the passes per request for nothing. They are left out of the probe set; models absent
+    from a whole data set (AlpacaEval's five) are a common pattern and stay missing, never wrong."""
+    keys = np.packbits(observed, axis=1)
+    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    return counts[inverse.reshape(-1)] >= min_share * observed.shape[0]
+
+
 def cross_fitted(router: KernelShrinkRouter, emb: np.ndarray, quality: np.ndarray, observed: np.ndarray,
                  folds: int = 4) -> np.ndarray:
     """(N, M) p̂ of each training prompt from a router fitted without its fold: in-sample p̂ sees the
@@ -165,6 +177,8 @@ def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int =
     started = time.perf_counter()
     bench = load_benchmark(benchmark)
     train = bench if fit_on == "all" else bench.subset(bench.split == "train")
+    if train.missing is not None:
+        train = train.subset(common_patterns(~train.missing))
     emb = embed_prompts(train.prompts, encoder, progress=True)
     observed = ~train.missing if train.missing is not None else np.ones(train.quality.shape, dtype=bool)
     lengths = np.array([len(p) for p in train.prompts], dtype=np.float64)
@@ -175,7 +189,7 @@ def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int =
     table, ends = tradeoff_table(cross_fitted(router, emb, train.quality, observed), cost_model.predict(lengths))
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "arrays.npz", embeddings=emb.astype(np.float16),
-                        labels=train.quality.astype(np.float16), observed=observed)
+                        labels=train.quality.astype(np.float16), observed=observed, centroids=router.centroids)
     config = {
         "variant": VARIANT, "loader": LOADER, "encoder": encoder, "encoder_version": encoder_spec(encoder).version,
         "routing_text": ROUTING_TEXT_VERSION, "hyperparameters": hp, "seed": seed, "experts": list(train.models),
@@ -199,7 +213,7 @@ def load_policy(path: Path, top_k: int | None = None) -> KernelShrinkPolicy:
     labels = arrays["labels"].astype(np.float64)
     observed = arrays["observed"].astype(bool)
     router = KernelShrinkRouter.from_hyperparams(config["hyperparameters"], int(config["seed"]))
-    router.fit(emb, labels, observed)
+    router.fit(emb, labels, observed, centroids=arrays["centroids"] if "centroids" in arrays.files else None)
     cm = config.get("cost_model")
     cost_model = None if cm is None else LengthCostModel(np.asarray(cm["coef"]), np.asarray(cm["floor"]))
     return KernelShrinkPolicy(router, config["experts"], config["lam_table"], config["encoder"], emb, labels,

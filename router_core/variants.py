@@ -62,7 +62,9 @@ class KernelShrinkRouter:
     _centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     _cluster_acc: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     _keys_f32: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32), repr=False)
-    _groups: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
+    # (rows, cols, labels of those cols) per group of models labelled on the same prompts
+    _groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
+    _centroid_sq: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     @classmethod
     def from_hyperparams(cls, hp: dict[str, float], seed: int = 0) -> KernelShrinkRouter:
@@ -70,44 +72,52 @@ class KernelShrinkRouter:
         k, h, m = int(hp["k"]), float(hp["bandwidth"]), float(hp["prior_strength"])
         return cls(k=k, bandwidth=h, prior_strength=m, seed=seed)
 
-    def fit(self, emb: np.ndarray, quality: np.ndarray, observed: np.ndarray | None = None) -> None:
+    def fit(self, emb: np.ndarray, quality: np.ndarray, observed: np.ndarray | None = None,
+            centroids: np.ndarray | None = None) -> None:
+        """``centroids``: the prompt clusters of an earlier fit on the same prompts (an artifact's),
+        so loading or adding a model does not rerun K-means."""
         self._keys = _unit(emb)
         self._labels = quality
         self._observed = np.ones(quality.shape, dtype=bool) if observed is None else observed
-        self._centroids, labels = kmeans(self._keys, self.n_clusters, self.seed)
+        if centroids is None:
+            centroids, _ = kmeans(self._keys, self.n_clusters, self.seed)
+        self._centroids = np.asarray(centroids, dtype=np.float64)
+        self._centroid_sq = (self._centroids**2).sum(axis=1)  # (C,)
+        labels = self._nearest(self._keys)
         self._cluster_acc = cluster_means(labels, quality, self.n_clusters, self._observed, self.cluster_strength)
         self._keys_f32 = np.ascontiguousarray(self._keys, dtype=np.float32)
-        self._groups = label_groups(self._observed)
+        self._groups = [(rows, cols, self._labels[:, cols]) for rows, cols in label_groups(self._observed)]
 
     def predict(self, emb: np.ndarray) -> np.ndarray:
         return self.combine(self.neighbours(emb, self.k), self.k, self.bandwidth, self.prior_strength)
 
+    @property
+    def centroids(self) -> np.ndarray:
+        return self._centroids
+
+    def _nearest(self, q: np.ndarray) -> np.ndarray:
+        return (self._centroid_sq[None, :] - 2.0 * (q @ self._centroids.T)).argmin(axis=1)  # (N,) nearest, Euclidean
+
     def neighbours(self, emb: np.ndarray, k: int) -> Neighbours:
         """The search part: nearest cluster and the k most similar labelled prompts per label group.
 
-        One exact similarity pass over every probe prompt, one sort, then per group of models the
-        first k of that order among the prompts where they are labelled. The same code serves one
-        gateway request and a batch, so evaluation and serving cannot disagree on neighbours."""
+        One exact similarity pass over every probe prompt; per group of models, a partial sort of the
+        prompts where they are labelled. The same code serves one gateway request and a batch row by
+        row, so evaluation and serving cannot disagree on neighbours."""
         q = _unit(emb).astype(np.float32)
-        nearest = ((q[:, None, :] - self._centroids[None]) ** 2).sum(-1).argmin(axis=1)  # (N,)
         sims_all = q @ self._keys_f32.T  # (N, R)
-        order = np.argsort(-sims_all, axis=1, kind="stable")  # (N, R), most similar first
         found = []
-        for rows, cols in self._groups:
+        for rows, cols, labels in self._groups:
+            s_g = sims_all if rows.size == sims_all.shape[1] else sims_all[:, rows]  # (N, R_g)
             kk = min(k, rows.size)
-            if rows.size == self._keys.shape[0]:
-                idx = order[:, :kk]
-            else:  # stable: positions of this group's prompts, in similarity order
-                pos = np.argsort(~self._row_mask(rows)[order], axis=1, kind="stable")[:, :kk]
-                idx = np.take_along_axis(order, pos, axis=1)  # (N, kk) probe-prompt indices
-            sims = np.take_along_axis(sims_all, idx, axis=1).astype(np.float64)
-            found.append((cols, sims, self._labels[idx][:, :, cols]))  # labels (N, kk, m)
-        return Neighbours(self._cluster_acc[nearest], found)
-
-    def _row_mask(self, rows: np.ndarray) -> np.ndarray:
-        mask = np.zeros(self._keys.shape[0], dtype=bool)
-        mask[rows] = True
-        return mask
+            part = np.argpartition(-s_g, kk - 1, axis=1)[:, :kk] if kk < rows.size else \
+                np.broadcast_to(np.arange(rows.size), s_g.shape)  # (N, kk) the kk most similar, unordered
+            part_sims = np.take_along_axis(s_g, part, axis=1)
+            o = np.argsort(-part_sims, axis=1, kind="stable")  # best first: ``combine`` may use a prefix
+            idx = rows[np.take_along_axis(part, o, axis=1)]  # (N, kk) probe-prompt indices
+            sims = np.take_along_axis(part_sims, o, axis=1).astype(np.float64)
+            found.append((cols, sims, labels[idx]))  # labels (N, kk, m)
+        return Neighbours(self._cluster_acc[self._nearest(q)], found)
 
     @staticmethod
     def combine(nb: Neighbours, k: int, bandwidth: float, prior_strength: float) -> np.ndarray:
