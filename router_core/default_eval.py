@@ -27,6 +27,7 @@ import argparse
 import csv
 import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -176,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:  # the shipped artifact's recipe, on the train splits only
         artifact = build("routerbench+alpacaeval", Path(tmp), ENCODER, args.seed, "train")
         table = [row for s in ("routerbench", "alpacaeval") for row in tradeoff_rows(bench, artifact, s)]
-    summary = {"command": "python -m router_core.default_eval " + " ".join(argv or []), "encoder": ENCODER,
+    shown = sys.argv[1:] if argv is None else argv
+    summary = {"command": "python -m router_core.default_eval " + " ".join(shown), "encoder": ENCODER,
                "data_versions": versions_of(bench), "sets": sets, "tradeoff_table": table,
                "seconds": round(time.perf_counter() - t0, 1)}
     (args.out / "results.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")

@@ -79,3 +79,34 @@ def test_tradeoff_has_a_middle(config: GatewayConfig, policy: KernelShrinkPolicy
     assert all(a >= b for a, b in zip(spend, spend[1:], strict=False))
     middle = (spend[0] - spend[2]) / (spend[0] - spend[4])
     assert 0.25 < middle < 0.75, spend
+
+
+def test_chat_data_models_without_a_label_are_missing_not_wrong() -> None:
+    from router_core.data import load_benchmark
+
+    bench = load_benchmark("routerbench+alpacaeval")
+    assert bench.missing is not None
+    chat = bench.extra["source"] == "alpacaeval"
+    absent = [m for m in bench.models if bench.missing[chat, bench.models.index(m)].all()]
+    assert sorted(absent) == ["WizardLM/WizardLM-13B-V1.2", "claude-instant-v1", "meta/code-llama-instruct-34b-chat",
+                              "mistralai/mistral-7b-chat", "mistralai/mixtral-8x7b-chat"]
+    assert np.isfinite(bench.cost).all() and (bench.cost > 0).all()  # imputed where never answered
+
+
+def test_a_missing_label_never_counts_as_wrong() -> None:
+    """The same prompts with a model's unobserved labels set to 0 or to 1: identical p̂."""
+    from router_core.variants import KernelShrinkRouter
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(200, 16)).astype(np.float32)
+    quality = (rng.random((200, 3)) < 0.7).astype(np.float64)
+    observed = np.ones_like(quality, dtype=bool)
+    observed[100:, 2] = False  # model 2 never ran on the second half
+    preds = []
+    for fill in (0.0, 1.0):
+        q = quality.copy()
+        q[~observed] = fill
+        r = KernelShrinkRouter(k=50, seed=0)
+        r.fit(emb, q, observed)
+        preds.append(r.predict(emb[:20]))
+    np.testing.assert_allclose(preds[0], preds[1])
