@@ -110,3 +110,32 @@ def test_a_missing_label_never_counts_as_wrong() -> None:
         r.fit(emb, q, observed)
         preds.append(r.predict(emb[:20]))
     np.testing.assert_allclose(preds[0], preds[1])
+
+
+@pytest.mark.integration
+def test_cscr_serve_auto_over_http_keeps_everyday_questions_off_the_dearest_model() -> None:
+    """The same through the gateway: default gateway.yaml, replay upstream, the official client."""
+    import openai
+    import yaml
+
+    from gateway.upstream import start_upstream
+    from tests.gateway_fixture import start_gateway
+
+    up, stop_up = start_upstream()
+    raw = yaml.safe_load((ROOT / "gateway.yaml").read_text())
+    for p in raw["providers"]:
+        p["api_base"] = up
+    base, stop = start_gateway(raw)
+    try:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        for prompt in EVERYDAY[:3]:
+            served = {}
+            for model in ("auto", "auto:best"):
+                r = client.chat.completions.with_raw_response.create(
+                    model=model, messages=[{"role": "user", "content": prompt}])
+                assert r.parse().choices[0].message.content and r.headers["x-cscr-policy"] == "kernel-shrink"
+                served[model] = r.headers["x-cscr-provider"]
+            assert served["auto"] != "gpt-4-1106-preview" and served["auto:best"] == "gpt-4-1106-preview", served
+    finally:
+        stop()
+        stop_up()
