@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = calibrate(p_hat, cost, policy.experts, policy.lam)
     print(f"{len(prompts)} requests from {args.prompts}; expected spend per 1,000 requests and model mix:")
     for row in rows:
-        mix = ", ".join(f"{m} {s:.0%}" for m, s in row.mix.items())
+        mix = ", ".join(f"{m} {s:.0%}" if s >= 0.005 else f"{m} <1%" for m, s in row.mix.items())
         print(f"  auto@{row.tradeoff:.1f}  ${row.spend_per_1k:9.4f}  {mix}")
     if args.target_spend_per_1k is not None:
         hit = tradeoff_for_spend(rows, args.target_spend_per_1k)
