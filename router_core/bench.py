@@ -13,6 +13,7 @@ depend on the weight values, only on their shapes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from collections.abc import Callable
@@ -124,7 +125,7 @@ def main(argv: list[str]) -> int:
     from router_core.types import Candidate
 
     path = args.artifact or default_artifact_path()
-    if '"cscr"' not in (path / "config.json").read_text()[:400]:
+    if json.loads((path / "config.json").read_text()).get("variant", "cscr") != "cscr":
         return _bench_kernel(path, args.n, args.tradeoff)
     t0 = time.perf_counter()
     artifact = RouterArtifact.load(path)

@@ -1,4 +1,4 @@
-"""``cscr eval-default``: the bundled default router's recipe, scored on RouterBench and on chat.
+"""The default router's recipe (what ``router.artifact: bundled`` serves), scored on RouterBench and chat.
 
     python -m router_core.default_eval --out docs/results/default-router
 
