@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("router_core.train", "train a CSCR router and write an artifact"),
     "eval": ("router_core.evaluate", "deferral curves, AUDC tables and plots against baselines"),
     "bench-routing": ("router_core.bench", "time one routing decision (embed + search + rule)"),
+    "calibrate": ("router_core.calibrate", "spend per 1,000 requests and model mix per trade-off on your prompts"),
     "describe": ("descriptors.cli", "write model descriptors (perplexity fingerprints, logit footprints)"),
 }
 

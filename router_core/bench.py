@@ -1,6 +1,7 @@
 """``cscr bench-routing``: time one routing decision (embed + head + search + rule) on one core.
 
-    cscr bench-routing                              # bundled artifact, its encoder
+    cscr bench-routing                              # the default artifact (kernel-shrink), its encoder
+    cscr bench-routing --artifact router_core/artifacts/routerbench   # the CSCR artifact
     cscr bench-routing --encoder minilm --n 300     # another encoder in the same pipeline
 
 Prints wall-clock and CPU p50 / p99 per stage and for ``CSCRRouter.rank`` end to end, on a ~200-token prompt, with
@@ -12,6 +13,7 @@ depend on the weight values, only on their shapes.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from collections.abc import Callable
@@ -61,6 +63,42 @@ def _count_tokens(text: str) -> int:
     return len(tok.encode(text).ids)
 
 
+def _bench_kernel(path: Path, n: int, tradeoff: float) -> int:
+    """The kernel-shrink policy's stages: embed, p̂ (search + combine), rule, and ``rank`` end to end."""
+    from router_core.data import LIST_PRICES
+    from router_core.encoder import ENCODERS, routing_text
+    from router_core.kernel_policy import load_policy, rule_scores
+    from router_core.types import Candidate
+
+    _single_thread(torch_too=False)
+    t0 = time.perf_counter()
+    policy = load_policy(path)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    tokens = len(BENCH_PROMPT) / 4  # the gateway's estimate: prompt tokens + a 512-token output bound
+    costs = np.array([(tokens * LIST_PRICES[e][0] + 512 * LIST_PRICES[e][1]) / 1e6 if e in LIST_PRICES else 1e-3
+                      for e in policy.experts])
+    cands = [Candidate(e, e, float(c)) for e, c in zip(policy.experts, costs, strict=True)]
+    x = policy.encoder.encode(routing_text(BENCH_PROMPT))[None, :]
+    p_hat = policy.router.predict(x)[0]
+    lam = policy.lam(tradeoff)
+    stages: dict[str, Callable[[], object]] = {
+        "embed": lambda: policy.encoder.encode(routing_text(BENCH_PROMPT)),
+        "p-hat (search+combine)": lambda: policy.router.predict(x),
+        "rule": lambda: rule_scores(p_hat, costs, lam),
+        "total (policy.rank)": lambda: policy.rank(BENCH_PROMPT, cands, tradeoff),
+    }
+    enc = policy.encoder.name
+    print(f"kernel-shrink {path.name}: encoder {enc} ({ENCODERS[enc].version}), {len(policy.experts)} experts, "
+          f"{policy._emb.shape[0]} probe prompts, prompt {len(BENCH_PROMPT)} chars, 1 thread, n={n}, "
+          f"load {load_ms:.0f} ms")
+    print(f"{'stage':<26}{'p50 ms':>10}{'p99 ms':>10}{'CPU p50':>10}{'CPU p99':>10}")
+    for name, fn in stages.items():
+        wall, cpu = _time(fn, n)
+        pct = [np.percentile(wall, 50), np.percentile(wall, 99), np.percentile(cpu, 50), np.percentile(cpu, 99)]
+        print(f"{name:<26}" + "".join(f"{v:>10.3f}" for v in pct))
+    return 0
+
+
 def _time(fn: Callable[[], object], n: int, warmup: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """Wall and CPU (this thread) milliseconds per call: CPU is what a busy box distorts least."""
     for _ in range(warmup):
@@ -75,7 +113,7 @@ def _time(fn: Callable[[], object], n: int, warmup: int = 20) -> tuple[np.ndarra
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="cscr bench-routing", description=__doc__.split("\n")[0])
-    p.add_argument("--artifact", type=Path, default=None, help="router artifact (default: bundled)")
+    p.add_argument("--artifact", type=Path, default=None, help="router artifact (default: what `bundled` serves)")
     p.add_argument("--encoder", default=None, help="encoder to time (default: the artifact's)")
     p.add_argument("--n", type=int, default=500, help="timed decisions per stage")
     p.add_argument("--tradeoff", type=float, default=0.3)
@@ -83,11 +121,14 @@ def main(argv: list[str]) -> int:
 
     from router_core.encoder import ENCODERS, get_encoder, routing_text
     from router_core.model import RouterArtifact, numpy_head
-    from router_core.router import CSCRRouter, bundled_artifact_path, normalise_costs, rank
+    from router_core.router import CSCRRouter, default_artifact_path, normalise_costs, rank
     from router_core.types import Candidate
 
+    path = args.artifact or default_artifact_path()
+    if json.loads((path / "config.json").read_text()).get("variant", "cscr") != "cscr":
+        return _bench_kernel(path, args.n, args.tradeoff)
     t0 = time.perf_counter()
-    artifact = RouterArtifact.load(args.artifact or bundled_artifact_path())
+    artifact = RouterArtifact.load(path)
     if args.encoder and args.encoder != artifact.config.encoder:
         dim = ENCODERS[args.encoder].dim
         rng = np.random.default_rng(0)

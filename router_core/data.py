@@ -26,6 +26,15 @@ MMLU-Pro
     descriptor; of the remaining 8,006 questions a seeded draw of 2,000 (seed 0) is ``test`` and
     the rest ``train``. ``split="ood"`` instead trains on the STEM subjects and tests on every
     non-probe question of the other subjects.
+
+AlpacaEval
+    ``<data>/alpacaeval/alpacaeval.parquet``: 805 open-ended chat prompts answered by six models of
+    the RouterBench pool, graded 1 / 0.5 / 0 against a reference answer (empty: no verdict), split
+    train 581 / test 224. Columns are named as in RouterBench, so ``routerbench+alpacaeval`` stacks
+    the two over the RouterBench pool's 11 models. The five models AlpacaEval did not run, and the
+    few ungraded cells, are **missing** (``Benchmark.missing``), never wrong: routers read labels
+    only where they were observed. Their cost is imputed (``_impute_costs``) so every prompt has a
+    price for every model; nothing else is.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from router_core.paths import default_data_dir
 
 logger = logging.getLogger(__name__)
 
-BENCHMARKS = ("routerbench", "mmlu_pro")
+BENCHMARKS = ("routerbench", "mmlu_pro", "alpacaeval", "routerbench+alpacaeval")
 MMLU_STEM = frozenset({"biology", "chemistry", "computer science", "engineering", "math", "physics"})
 MMLU_TEST_SIZE = 2000
 
@@ -136,6 +145,10 @@ def load_benchmark(name: str, data_dir: Path | None = None, **opts: Any) -> Benc
         return _load_routerbench(root, **opts)
     if name == "mmlu_pro":
         return _load_mmlu_pro(root, **opts)
+    if name == "alpacaeval":
+        return _load_alpacaeval(root, **opts)
+    if name == "routerbench+alpacaeval":
+        return stack(_load_routerbench(root, **opts), _load_alpacaeval(root, **opts), "routerbench+alpacaeval")
     raise ValueError(f"unknown benchmark {name!r}; expected one of {BENCHMARKS}")
 
 
@@ -181,6 +194,88 @@ def _load_routerbench(root: Path, **opts: Any) -> Benchmark:
         missing=missing,
         extra={"task": df["eval_name"].astype(str).to_numpy()},
         versions={path.name: file_sha256(path)},
+    )
+
+
+# USD per million input / output tokens of the RouterBench pool, as in gateway.yaml: used only to
+# impute the cost of a model on a prompt it never answered (AlpacaEval's five absent models).
+LIST_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4-1106-preview": (10.0, 30.0), "gpt-3.5-turbo-1106": (1.0, 2.0), "claude-v2": (8.0, 24.0),
+    "claude-v1": (8.0, 24.0), "claude-instant-v1": (0.8, 2.4), "meta/llama-2-70b-chat": (0.9, 0.9),
+    "meta/code-llama-instruct-34b-chat": (0.776, 0.776), "mistralai/mixtral-8x7b-chat": (0.6, 0.6),
+    "mistralai/mistral-7b-chat": (0.2, 0.2), "zero-one-ai/Yi-34B-Chat": (0.8, 0.8),
+    "WizardLM/WizardLM-13B-V1.2": (0.3, 0.3),
+}
+
+
+def _load_alpacaeval(root: Path, **opts: Any) -> Benchmark:
+    if opts:
+        raise TypeError(f"alpacaeval takes no options, got {sorted(opts)}")
+    path = root / "alpacaeval" / "alpacaeval.parquet"
+    df = pd.read_parquet(path)
+    models = sorted(c[: -len("|total_cost")] for c in df.columns if c.endswith("|total_cost"))
+    raw = df[models].to_numpy(dtype=np.float64)
+    missing = np.isnan(raw)
+    prompts = df["prompt_text"].astype(str).tolist()
+    cost = _impute_costs(prompts, models, df[[f"{m}|total_cost" for m in models]].to_numpy(dtype=np.float64))
+    return Benchmark(
+        name="alpacaeval",
+        prompt_ids=_unique_ids(df["sample_id"].astype(str).tolist()),
+        prompts=prompts,
+        models=models,
+        quality=np.where(missing, 0.0, raw),
+        cost=cost,
+        split=df["split"].astype(str).to_numpy(),
+        missing=missing,
+        extra={"task": np.full(len(df), "alpacaeval", dtype=object).astype(str)},
+        versions={path.name: file_sha256(path)},
+    )
+
+
+def _impute_costs(prompts: Sequence[str], models: Sequence[str], cost: np.ndarray) -> np.ndarray:
+    """(N, M) USD with every NaN filled: the prompt's tokens (≈ characters / 4) at the model's list
+    input price plus the answer length the recorded models imply for that prompt (their median) at
+    its output price. Only models in ``LIST_PRICES`` can be imputed."""
+    in_tok = np.array([len(p) / 4.0 for p in prompts])  # (N,)
+    price_in = np.array([LIST_PRICES[m][0] for m in models]) / 1e6  # (M,)
+    price_out = np.array([LIST_PRICES[m][1] for m in models]) / 1e6
+    out_tok = (cost - in_tok[:, None] * price_in) / price_out  # (N, M), NaN where unrecorded
+    typical = np.nan_to_num(np.nanmedian(np.where(np.isfinite(out_tok), np.maximum(out_tok, 1.0), np.nan), axis=1),
+                            nan=256.0)  # (N,)
+    guess = in_tok[:, None] * price_in + typical[:, None] * price_out
+    return np.where(np.isfinite(cost), cost, guess)
+
+
+def stack(a: Benchmark, b: Benchmark, name: str) -> Benchmark:
+    """Rows of ``a`` then ``b`` over ``a``'s models. A model of ``a`` that ``b`` lacks is missing on
+    ``b``'s rows, with its cost imputed from list prices; ``b`` may not have models ``a`` lacks."""
+    extra_models = [m for m in b.models if m not in a.models]
+    if extra_models:
+        raise ValueError(f"{b.name} has models {extra_models} that {a.name} lacks")
+    n_b = len(b)
+    cols = {m: j for j, m in enumerate(b.models)}
+    quality = np.zeros((n_b, len(a.models)))
+    cost = np.full((n_b, len(a.models)), np.nan)
+    missing = np.ones((n_b, len(a.models)), dtype=bool)
+    b_missing = b.missing if b.missing is not None else np.zeros(b.quality.shape, dtype=bool)
+    for j, m in enumerate(a.models):
+        if m in cols:
+            quality[:, j], cost[:, j], missing[:, j] = b.quality[:, cols[m]], b.cost[:, cols[m]], b_missing[:, cols[m]]
+    cost = _impute_costs(b.prompts, a.models, cost)
+    a_missing = a.missing if a.missing is not None else np.zeros(a.quality.shape, dtype=bool)
+    return Benchmark(
+        name=name,
+        prompt_ids=[*a.prompt_ids, *b.prompt_ids],
+        prompts=[*a.prompts, *b.prompts],
+        models=list(a.models),
+        quality=np.concatenate([a.quality, quality]),
+        cost=np.concatenate([a.cost, cost]),
+        split=np.concatenate([a.split, b.split]).astype(str),
+        missing=np.concatenate([a_missing, missing]),
+        extra={"task": np.concatenate([a.task_groups(), b.task_groups()]).astype(str),
+               "source": np.array([a.name] * len(a) + [b.name] * n_b)},
+        versions={**{f"{a.name}/{k}": v for k, v in a.versions.items()},
+                  **{f"{b.name}/{k}": v for k, v in b.versions.items()}},
     )
 
 

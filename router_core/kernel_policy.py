@@ -1,14 +1,23 @@
 """The kernel-shrink router ("ours", ``variants.py``) as a gateway routing policy and artifact.
 
 The artifact holds what the router knows: the probe prompts' embeddings (the training prompts,
-routing text, the artifact's encoder) and every model's graded answers on them (its descriptor),
-plus the hyperparameters chosen by cross-validation and a trade-off → λ table. The rule is the one
-evaluated in docs/EVALUATION.md: argmax over candidates of p̂_j(prompt) − λ·cost_j in USD, with the
-gateway's per-request cost estimate as cost_j. A new model joins with ``add_expert(name, answers)``,
-its graded answers on the probe prompts (NaN where it has none): no retraining.
+routing text, the artifact's encoder) and every model's graded answers on them (its descriptor; a
+``observed`` mask marks answers that were never graded: missing, not wrong), plus the
+hyperparameters chosen by cross-validation, a per-model cost model and a trade-off → λ table.
 
-    python -m router_core.kernel_policy --benchmark routerbench --out router_core/artifacts/routerbench-kernel-shrink
-    # gateway.yaml:  router: {artifact: <that directory>}
+Rule (``rule_scores``, one function for serving, calibration and evaluation): argmax over candidates
+of p̂_j(prompt) − λ·cost_j / max_k cost_k, with the gateway's per-request cost estimates. Dividing by
+the dearest candidate's cost makes λ independent of the request's size and of how the gateway bounds
+output tokens. A new model joins with ``add_expert(name, answers)``, its graded answers on the probe
+prompts (NaN where it has none): no retraining.
+
+Trade-off table (``tradeoff_table``): on the training prompts (cross-fitted p̂), t ∈ [0, 1] gets the
+smallest λ whose picks' mean estimated spend is exp(log S₀ − t·(log S₀ − log S₁)), S₀ the spend at
+λ = 0 (best expected quality) and S₁ the cheapest model's: t moves the spend evenly on a log scale,
+so t = 0.5 is the geometric middle, not "half of GPT-4's bill" (which is still mostly GPT-4).
+
+    python -m router_core.kernel_policy --benchmark routerbench+alpacaeval --fit-on all \\
+        --out router_core/artifacts/default-kernel-shrink       # the bundled default
 """
 
 from __future__ import annotations
@@ -24,12 +33,26 @@ import numpy as np
 
 from router_core.encoder import ROUTING_TEXT_VERSION, encoder_spec, get_encoder, routing_text
 from router_core.types import Candidate, Ranking, Scored
-from router_core.variants import KernelShrinkRouter, LengthCostModel, select_hyperparams
+from router_core.variants import KernelShrinkRouter, LengthCostModel, random_folds, select_hyperparams
 
 log = logging.getLogger(__name__)
 
 VARIANT = "kernel-shrink"
 LOADER = "router_core.kernel_policy:load_policy"
+LAMBDA_GRID = np.concatenate([[0.0], np.geomspace(1e-4, 1e3, 400)])
+
+
+def rule_scores(p_hat: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
+    """p̂ − λ·cost / (dearest cost of the row): (M,) or (N, M). Scale-free in the cost's units."""
+    c = np.asarray(cost, dtype=np.float64)
+    return np.asarray(p_hat, dtype=np.float64) - lam * c / np.maximum(c.max(axis=-1, keepdims=True), 1e-15)
+
+
+def decide(p_hat: np.ndarray, cost: np.ndarray, lams: Sequence[float] | np.ndarray) -> np.ndarray:
+    """(L, N) picks of the rule per λ; exact ties to the cheaper model, as ``rank`` breaks them."""
+    c = np.asarray(cost, dtype=np.float64)
+    tie = 1e-12 * c / np.maximum(c.max(axis=-1, keepdims=True), 1e-15)
+    return np.stack([np.argmax(rule_scores(p_hat, c, float(lam)) - tie, axis=1) for lam in lams])
 
 
 class KernelShrinkPolicy:
@@ -38,17 +61,19 @@ class KernelShrinkPolicy:
     name = VARIANT
 
     def __init__(self, router: KernelShrinkRouter, experts: list[str], lam_table: list[float], encoder: str,
-                 embeddings: np.ndarray, labels: np.ndarray, observed: np.ndarray) -> None:
+                 embeddings: np.ndarray, labels: np.ndarray, observed: np.ndarray,
+                 cost_model: LengthCostModel | None = None) -> None:
         self.router = router
         self.experts = list(experts)
         self.lam_table = np.asarray(lam_table, dtype=np.float64)
+        self._lam_grid = np.linspace(0.0, 1.0, len(self.lam_table))
         self.encoder = get_encoder(encoder)
+        self.cost_model = cost_model  # the training data's USD per call by prompt length (calibrate)
         self._emb, self._labels, self._observed = embeddings, labels, observed
 
     def lam(self, tradeoff: float) -> float:
         t = float(min(max(tradeoff, 0.0), 1.0))
-        grid = np.linspace(0.0, 1.0, len(self.lam_table))
-        return float(np.interp(t, grid, self.lam_table))
+        return float(np.interp(t, self._lam_grid, self.lam_table))
 
     def predict(self, prompt: str) -> np.ndarray:
         """p̂ per expert for one prompt: (M,)."""
@@ -74,27 +99,25 @@ class KernelShrinkPolicy:
             experts = [*self.experts, name]
         router = KernelShrinkRouter(k=self.router.k, bandwidth=self.router.bandwidth,
                                     prior_strength=self.router.prior_strength, seed=self.router.seed)
-        router.fit(self._emb, labels, observed)
+        router.fit(self._emb, labels, observed, centroids=self.router.centroids)
         # swap whole objects: a concurrent rank sees the old pool or the new one, never a mix
         self.router, self._labels, self._observed, self.experts = router, labels, observed, experts
 
     def rank(self, prompt: str, candidates: Sequence[Candidate], tradeoff: float) -> Ranking:
-        experts, router = self.experts, self.router
-        pos = {n: i for i, n in enumerate(experts)}
+        pos = {n: i for i, n in enumerate(self.experts)}
         known = [c for c in candidates if c.expert is not None and c.expert in pos]
         unknown = sorted((c for c in candidates if c.expert is None or c.expert not in pos),
                          key=lambda c: (c.cost, c.name))
         order: list[Scored] = []
         if known:
-            q = self.encoder.encode(routing_text(prompt))[None, :]
-            p_all = router.predict(q)[0]
+            p_all = self.predict(prompt)
             p = np.array([p_all[pos[c.expert]] for c in known if c.expert is not None])  # (K,)
             cost = np.array([c.cost for c in known])
             if tradeoff >= 1.0:  # cheapest outright, the likelier-right first among equals
                 idx = np.lexsort((-p, cost))
                 scores = -cost
             else:
-                scores = p - self.lam(tradeoff) * cost
+                scores = rule_scores(p, cost, self.lam(tradeoff))
                 idx = np.lexsort((cost, -scores))
             order = [Scored(known[i].name, float(scores[i]), float(p[i]), known[i].cost) for i in idx]
         floor = min((s.score for s in order), default=0.0) - 1.0
@@ -102,45 +125,78 @@ class KernelShrinkPolicy:
         return Ranking(order=tuple(order), policy=self.name)
 
 
-def _lam_table(p_hat: np.ndarray, cost: np.ndarray, n: int = 21) -> list[float]:
-    """λ per trade-off in linspace(0, 1, n): t moves the mean USD spend of the training prompts'
-    picks evenly from its value at λ=0 down to the cheapest model's."""
-    lams = np.concatenate([[0.0], np.geomspace(1e-2, 1e5, 300)])
+def tradeoff_table(p_hat: np.ndarray, cost: np.ndarray, n: int = 101) -> tuple[list[float], dict[str, float]]:
+    """λ per trade-off in linspace(0, 1, n), moving the mean spend evenly on a log scale from its
+    λ = 0 value to the cheapest model's (module docstring), and the two ends in USD per prompt."""
     rows = np.arange(p_hat.shape[0])
-    spend = np.array([cost[rows, (p_hat - lam * cost).argmax(axis=1)].mean() for lam in lams])
-    spend = np.minimum.accumulate(spend)
-    lo, hi = spend[-1], spend[0]
+    picks = decide(p_hat, cost, LAMBDA_GRID)  # (L, N)
+    spend = np.minimum.accumulate(cost[rows[None, :], picks].mean(axis=1))  # (L,) non-increasing
+    hi = float(spend[0])
+    lo = float(min(cost.mean(axis=0).min(), spend[-1]))
     table = []
     for t in np.linspace(0.0, 1.0, n):
-        ok = np.flatnonzero(spend <= hi - t * (hi - lo) + 1e-15)
-        table.append(float(lams[ok[0]]) if ok.size else float(lams[-1]))
+        target = float(np.exp(np.log(hi) - t * (np.log(hi) - np.log(lo))))
+        ok = np.flatnonzero(spend <= target * (1 + 1e-9))
+        table.append(float(LAMBDA_GRID[ok[0]]) if ok.size else float(LAMBDA_GRID[-1]))
     table[0] = 0.0
-    return list(np.maximum.accumulate(table))
+    return [float(x) for x in np.maximum.accumulate(table)], {"spend_hi_usd": hi, "spend_lo_usd": lo}
 
 
-def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int = 0) -> Path:
-    """Fit on the benchmark's training split and write the artifact directory."""
+def common_patterns(observed: np.ndarray, min_share: float = 0.01) -> np.ndarray:
+    """(N,) rows whose pattern of labelled models is shared by at least ``min_share`` of the rows.
+
+    Each distinct pattern makes the router search its own neighbours (one pass per group of models,
+    ``variants.label_groups``); a handful of prompts with a stray ungraded answer (~1% here) would
+    multiply the passes per request for nothing. They are left out of the probe set; models absent
+    from a whole data set (AlpacaEval's five) are a common pattern and stay missing, never wrong."""
+    keys = np.packbits(observed, axis=1)
+    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    return counts[inverse.reshape(-1)] >= min_share * observed.shape[0]
+
+
+def cross_fitted(router: KernelShrinkRouter, emb: np.ndarray, quality: np.ndarray, observed: np.ndarray,
+                 folds: int = 4) -> np.ndarray:
+    """(N, M) p̂ of each training prompt from a router fitted without its fold: in-sample p̂ sees the
+    prompt's own label and would make the trade-off table too confident."""
+    fold = random_folds(emb.shape[0], folds, router.seed)
+    out = np.zeros(quality.shape)
+    for f in range(folds):
+        r = KernelShrinkRouter(k=router.k, bandwidth=router.bandwidth, prior_strength=router.prior_strength,
+                               seed=router.seed)
+        r.fit(emb[fold != f], quality[fold != f], observed[fold != f])
+        out[fold == f] = r.predict(emb[fold == f])
+    return out
+
+
+def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int = 0, fit_on: str = "train") -> Path:
+    """Fit on the benchmark's training split (``fit_on="all"``: every labelled prompt) and write
+    the artifact directory."""
     from router_core.data import load_benchmark, versions_of
     from router_core.encoder import embed_prompts
 
     started = time.perf_counter()
     bench = load_benchmark(benchmark)
-    train = bench.subset(bench.split == "train")
+    train = bench if fit_on == "all" else bench.subset(bench.split == "train")
+    if train.missing is not None:
+        train = train.subset(common_patterns(~train.missing))
     emb = embed_prompts(train.prompts, encoder, progress=True)
+    observed = ~train.missing if train.missing is not None else np.ones(train.quality.shape, dtype=bool)
     lengths = np.array([len(p) for p in train.prompts], dtype=np.float64)
-    hp = select_hyperparams(emb, train.quality, train.cost, lengths, seed=seed)
+    hp = select_hyperparams(emb, train.quality, train.cost, lengths, observed, seed=seed)
     router = KernelShrinkRouter.from_hyperparams(hp, seed)
-    router.fit(emb, train.quality)
-    c_hat = LengthCostModel().fit(lengths, train.cost).predict(lengths)
-    table = _lam_table(router.predict(emb), c_hat)
+    router.fit(emb, train.quality, observed)
+    cost_model = LengthCostModel().fit(lengths, train.cost)
+    table, ends = tradeoff_table(cross_fitted(router, emb, train.quality, observed), cost_model.predict(lengths))
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "arrays.npz", embeddings=emb.astype(np.float16),
-                        labels=train.quality.astype(np.float16), observed=np.ones(train.quality.shape, bool))
+                        labels=train.quality.astype(np.float16), observed=observed, centroids=router.centroids)
     config = {
         "variant": VARIANT, "loader": LOADER, "encoder": encoder, "encoder_version": encoder_spec(encoder).version,
         "routing_text": ROUTING_TEXT_VERSION, "hyperparameters": hp, "seed": seed, "experts": list(train.models),
-        "probe_ids": list(train.prompt_ids), "lam_table": table, "data_versions": versions_of(bench),
-        "train_seconds": round(time.perf_counter() - started, 1),
+        "fit_on": fit_on, "n_prompts": len(train), "lam_table": table, "tradeoff_scale": "log-spend-v1",
+        "tradeoff_ends": ends, "cost_model": {"coef": cost_model.coef.tolist(), "floor": cost_model.floor.tolist()},
+        "data_versions": versions_of(bench), "train_seconds": round(time.perf_counter() - started, 1),
+        "probe_ids": list(train.prompt_ids),
     }
     (out / "config.json").write_text(json.dumps(config, indent=1))
     log.info("kernel-shrink artifact written to %s (%s)", out, hp)
@@ -156,22 +212,27 @@ def load_policy(path: Path, top_k: int | None = None) -> KernelShrinkPolicy:
     emb = arrays["embeddings"].astype(np.float32)
     labels = arrays["labels"].astype(np.float64)
     observed = arrays["observed"].astype(bool)
-    hp = config["hyperparameters"]
-    router = KernelShrinkRouter.from_hyperparams(hp, int(config["seed"]))
-    router.fit(emb, labels, observed)
+    router = KernelShrinkRouter.from_hyperparams(config["hyperparameters"], int(config["seed"]))
+    router.fit(emb, labels, observed, centroids=arrays["centroids"] if "centroids" in arrays.files else None)
+    cm = config.get("cost_model")
+    cost_model = None if cm is None else LengthCostModel(np.asarray(cm["coef"]), np.asarray(cm["floor"]))
     return KernelShrinkPolicy(router, config["experts"], config["lam_table"], config["encoder"], emb, labels,
-                              observed)
+                              observed, cost_model)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from router_core.data import BENCHMARKS
+
     parser = argparse.ArgumentParser(description="Build a kernel-shrink router artifact for the gateway.")
-    parser.add_argument("--benchmark", default="routerbench", choices=["routerbench", "mmlu_pro"])
+    parser.add_argument("--benchmark", default="routerbench+alpacaeval", choices=BENCHMARKS)
+    parser.add_argument("--fit-on", default="train", choices=["train", "all"],
+                        help="the training split only (for numbers on the test split) or every labelled prompt")
     parser.add_argument("--encoder", default="static-minilm")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    build(args.benchmark, args.out, args.encoder, args.seed)
+    build(args.benchmark, args.out, args.encoder, args.seed, args.fit_on)
     return 0
 
 

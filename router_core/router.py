@@ -279,7 +279,17 @@ class CSCRRouter:
 
 
 def bundled_artifact_path() -> Path:
+    """The bundled CSCR artifact (``load_router()``'s default; descriptor-keyed, perplexity fingerprints)."""
     return artifacts_dir() / "routerbench"
+
+
+DEFAULT_ARTIFACT = "default-kernel-shrink"
+
+
+def default_artifact_path() -> Path:
+    """What the gateway serves for ``router.artifact: bundled`` (``load_routing_policy()``'s default):
+    the kernel-shrink router fitted on RouterBench and AlpacaEval chat prompts (docs/ROUTER.md)."""
+    return artifacts_dir() / DEFAULT_ARTIFACT
 
 
 def load_router(path: Path | None = None, top_k: int | None = None) -> CSCRRouter:
@@ -297,7 +307,8 @@ def load_router(path: Path | None = None, top_k: int | None = None) -> CSCRRoute
 
 
 def load_routing_policy(path: Path | None = None, top_k: int | None = None) -> RoutingPolicy:
-    """Load any router artifact as a ``RoutingPolicy``, dispatching on ``config.json``'s ``variant``.
+    """Load any router artifact (None: ``default_artifact_path()``) as a ``RoutingPolicy``, dispatching
+    on ``config.json``'s ``variant``.
 
     ``"cscr"`` is ``load_router``. Any other variant names its loader in ``config.json`` as
     ``"loader": "router_core.<module>:<function>"``, a function ``(path: Path, top_k: int | None)
@@ -307,7 +318,7 @@ def load_routing_policy(path: Path | None = None, top_k: int | None = None) -> R
     import importlib
     import json
 
-    src = bundled_artifact_path() if path is None else Path(path)
+    src = default_artifact_path() if path is None else Path(path)
     raw = json.loads((src / "config.json").read_text())
     variant = raw.get("variant", "cscr")
     if variant == "cscr":

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from router_core.baselines import LAMBDAS, cluster_means, kmeans, label_groups, sweep, topk_cosine
+from router_core.baselines import LAMBDAS, cluster_means, kmeans, label_groups, sweep
 from router_core.metrics import cost_grid, curve_points, curve_stats
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,10 @@ class KernelShrinkRouter:
     _observed: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool), repr=False)
     _centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     _cluster_acc: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
+    _keys_f32: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32), repr=False)
+    # (rows, cols, labels of those cols) per group of models labelled on the same prompts
+    _groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
+    _centroid_sq: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     @classmethod
     def from_hyperparams(cls, hp: dict[str, float], seed: int = 0) -> KernelShrinkRouter:
@@ -68,25 +72,52 @@ class KernelShrinkRouter:
         k, h, m = int(hp["k"]), float(hp["bandwidth"]), float(hp["prior_strength"])
         return cls(k=k, bandwidth=h, prior_strength=m, seed=seed)
 
-    def fit(self, emb: np.ndarray, quality: np.ndarray, observed: np.ndarray | None = None) -> None:
+    def fit(self, emb: np.ndarray, quality: np.ndarray, observed: np.ndarray | None = None,
+            centroids: np.ndarray | None = None) -> None:
+        """``centroids``: the prompt clusters of an earlier fit on the same prompts (an artifact's),
+        so loading or adding a model does not rerun K-means."""
         self._keys = _unit(emb)
         self._labels = quality
         self._observed = np.ones(quality.shape, dtype=bool) if observed is None else observed
-        self._centroids, labels = kmeans(self._keys, self.n_clusters, self.seed)
+        if centroids is None:
+            centroids, _ = kmeans(self._keys, self.n_clusters, self.seed)
+        self._centroids = np.asarray(centroids, dtype=np.float64)
+        self._centroid_sq = (self._centroids**2).sum(axis=1)  # (C,)
+        labels = self._nearest(self._keys)
         self._cluster_acc = cluster_means(labels, quality, self.n_clusters, self._observed, self.cluster_strength)
+        self._keys_f32 = np.ascontiguousarray(self._keys, dtype=np.float32)
+        self._groups = [(rows, cols, self._labels[:, cols]) for rows, cols in label_groups(self._observed)]
 
     def predict(self, emb: np.ndarray) -> np.ndarray:
         return self.combine(self.neighbours(emb, self.k), self.k, self.bandwidth, self.prior_strength)
 
+    @property
+    def centroids(self) -> np.ndarray:
+        return self._centroids
+
+    def _nearest(self, q: np.ndarray) -> np.ndarray:
+        return (self._centroid_sq[None, :] - 2.0 * (q @ self._centroids.T)).argmin(axis=1)  # (N,) nearest, Euclidean
+
     def neighbours(self, emb: np.ndarray, k: int) -> Neighbours:
-        """The search part: nearest cluster and the k most similar labelled prompts per label group."""
-        q = _unit(emb)
-        nearest = ((q[:, None, :] - self._centroids[None]) ** 2).sum(-1).argmin(axis=1)  # (N,)
+        """The search part: nearest cluster and the k most similar labelled prompts per label group.
+
+        One exact similarity pass over every probe prompt; per group of models, a partial sort of the
+        prompts where they are labelled. The same code serves one gateway request and a batch row by
+        row, so evaluation and serving cannot disagree on neighbours."""
+        q = _unit(emb).astype(np.float32)
+        sims_all = q @ self._keys_f32.T  # (N, R)
         found = []
-        for rows, cols in label_groups(self._observed):
-            sims, idx = topk_cosine(q, self._keys[rows], k)  # (N, k), best first
-            found.append((cols, sims, self._labels[rows][:, cols][idx]))  # labels (N, k, m)
-        return Neighbours(self._cluster_acc[nearest], found)
+        for rows, cols, labels in self._groups:
+            s_g = sims_all if rows.size == sims_all.shape[1] else sims_all[:, rows]  # (N, R_g)
+            kk = min(k, rows.size)
+            part = np.argpartition(-s_g, kk - 1, axis=1)[:, :kk] if kk < rows.size else \
+                np.broadcast_to(np.arange(rows.size), s_g.shape)  # (N, kk) the kk most similar, unordered
+            part_sims = np.take_along_axis(s_g, part, axis=1)
+            o = np.argsort(-part_sims, axis=1, kind="stable")  # best first: ``combine`` may use a prefix
+            idx = rows[np.take_along_axis(part, o, axis=1)]  # (N, kk) probe-prompt indices
+            sims = np.take_along_axis(part_sims, o, axis=1).astype(np.float64)
+            found.append((cols, sims, labels[idx]))  # labels (N, kk, m)
+        return Neighbours(self._cluster_acc[self._nearest(q)], found)
 
     @staticmethod
     def combine(nb: Neighbours, k: int, bandwidth: float, prior_strength: float) -> np.ndarray:

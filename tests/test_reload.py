@@ -22,6 +22,10 @@ from gateway.upstream import start_upstream
 from tests.gateway_fixture import provider, start_gateway, stop_processes
 from tests.redis_fixture import free_port, redis_server
 
+# perplexity-fingerprint descriptors join the CSCR artifact (the default kernel-shrink one takes probe answers)
+CSCR_ROUTER = {"default_tradeoff": 0.0,
+               "artifact": str(Path(__file__).resolve().parents[1] / "router_core" / "artifacts" / "routerbench")}
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 MASTER = "reload-master"
@@ -190,7 +194,7 @@ def _probe_descriptor(tmp_path: Path, model_column: str) -> Path:
 @pytest.mark.slow
 def test_provider_added_by_descriptor_gets_the_prompts_it_is_best_for(tmp_path: Path, upstream: str) -> None:
     pool = _bundled_pool(upstream, lambda expert: expert != "gpt-4-1106-preview")  # the strongest model is out
-    cfg = {"server": {"reload_interval_s": 0.1}, "router": {"default_tradeoff": 0.0}, "providers": pool}
+    cfg = {"server": {"reload_interval_s": 0.1}, "router": CSCR_ROUTER, "providers": pool}
     path = tmp_path / "gateway.yaml"
     _write(path, cfg)
     prompts = _test_prompts(10)
@@ -250,8 +254,7 @@ def test_provider_probed_on_arrival_on_two_replicas(tmp_path: Path, upstream: st
     pool = _bundled_pool(upstream, lambda expert: expert != "gpt-4-1106-preview")
     prompts = _test_prompts(6)
     with redis_server(tmp_path) as srv:
-        cfg = {"store": srv.url, "server": {"reload_interval_s": 0.1}, "router": {"default_tradeoff": 0.0},
-               "providers": pool}
+        cfg = {"store": srv.url, "server": {"reload_interval_s": 0.1}, "router": CSCR_ROUTER, "providers": pool}
         paths = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
         for p in paths:
             _write(p, cfg)

@@ -1,0 +1,76 @@
+"""``cscr calibrate``: spend and model mix per trade-off on a user's own prompts, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.cli import main as cscr
+from router_core.calibrate import calibrate, tradeoff_for_spend
+
+CHAT = ["What is the capital of France?", "Write a python function that merges two sorted lists.",
+        "Explain the causes of the French revolution in detail.", "Say hi",
+        "Which gas do plants absorb?\nA) O2\nB) CO2\nAnswer:"]
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _requests(tmp_path: Path) -> Path:
+    docs = [{"messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": p}]}
+            for p in CHAT]
+    docs.append({"messages": [{"role": "user", "content": [{"type": "text", "text": "Summarise this."}]}]})
+    return _write(tmp_path / "prompts.jsonl", [json.dumps(d) for d in docs] + [""])
+
+
+def test_rows_and_target_on_hand_made_arrays() -> None:
+    p_hat = np.array([[0.9, 0.8], [0.9, 0.2]])  # (N, M): model 0 dear, model 1 cheap
+    cost = np.array([[1.0, 0.01], [1.0, 0.01]])
+    rows = calibrate(p_hat, cost, ["dear", "cheap"], lambda t: 10.0 * t, tradeoffs=[0.0, 0.02, 1.0])
+    assert rows[0].mix == {"dear": 1.0} and rows[0].spend_per_1k == pytest.approx(1000.0)
+    assert rows[1].mix == {"dear": 0.5, "cheap": 0.5}  # λ = 0.2: only the prompt the cheap one handles moves
+    assert rows[2].mix == {"cheap": 1.0} and rows[2].spend_per_1k == pytest.approx(10.0)
+    assert tradeoff_for_spend(rows, 600.0) is rows[1]
+    assert tradeoff_for_spend(rows, 5.0) is None
+
+
+@pytest.mark.slow  # loads the static encoder
+def test_cli_prints_spend_and_mix_per_tradeoff_and_the_target(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert cscr(["calibrate", "--prompts", str(_requests(tmp_path)), "--target-spend-per-1k", "1.0"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"auto@(\d\.\d)\s+\$\s*([\d.]+)\s+(.+)", out)
+    assert [t for t, _, _ in rows] == [f"{t / 10:.1f}" for t in range(11)]
+    spend = [float(s) for _, s, _ in rows]
+    assert all(a >= b for a, b in zip(spend, spend[1:], strict=False)) and spend[0] > 10 * spend[-1]
+    assert "gpt-4-1106-preview 100%" in rows[0][2] and "mistralai/mistral-7b-chat 100%" in rows[-1][2]
+    assert "6 requests" in out
+    target = re.search(r"target \$1 per 1,000: use auto@(\d\.\d) \(\$([\d.]+)\)", out)
+    assert target is not None and float(target.group(2)) <= 1.0
+    assert float(target.group(1)) == min(float(t) for t, s, _ in rows if float(s) <= 1.0)
+
+
+@pytest.mark.parametrize(("line", "why"), [
+    ("{not json", "not JSON"),
+    ('{"prompt": "hi"}', "expected"),
+    ('{"messages": []}', "expected"),
+    ('{"messages": [{"role": "user", "content": 3}]}', "no text"),
+])
+def test_malformed_line_is_named_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str,
+                                        why: str) -> None:
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+    path = _write(tmp_path / "bad.jsonl", [good, "", line, good])
+    assert cscr(["calibrate", "--prompts", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:3:" in err and why in err
+
+
+def test_missing_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cscr(["calibrate", "--prompts", str(tmp_path / "nope.jsonl")]) == 2
+    assert "nope.jsonl" in capsys.readouterr().err
