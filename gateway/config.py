@@ -119,7 +119,7 @@ class KeyConfig:
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     source: str
-    store: str = "memory://"
+    store: str = field(default="memory://", repr=False)  # may carry a Redis password (${VAR} expanded)
     server: ServerConfig = ServerConfig()
     router: RouterConfig = RouterConfig()
     providers: tuple[ProviderConfig, ...] = ()

@@ -500,13 +500,13 @@ class SettlementQueue:
     async def _drain(self) -> None:
         while self._pending:
             await asyncio.sleep(self._retry_s)
-            still: list[tuple[Reservation, float]] = []
-            for res, actual in self._pending:
+            batch, self._pending = self._pending, []
+            for i, (res, actual) in enumerate(batch):
                 try:
                     await self._store.settle(res, actual)
-                except Exception:  # still unreachable: keep it for the next round
-                    still.append((res, actual))
-            self._pending = still
+                except Exception:  # still unreachable: keep the rest for the next round, untried
+                    self._pending = batch[i:] + self._pending  # (one timeout per round, not one per entry)
+                    break
 
     async def flush(self, timeout_s: float) -> None:
         if self._task is not None and not self._task.done():
