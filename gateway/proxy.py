@@ -148,8 +148,8 @@ async def plan_request(state: GatewayState, request: Request) -> Plan:
         state.metrics.decisions.labels(fits[0].name, policy).inc()
     if state.health is not None:
         fits = await state.health.usable(fits, named=not target.routed)
-    output_cap = (chat.max_output_tokens or config.server.max_output_tokens) if key is not None and cap is not None \
-        else None
+    metered = key is not None and cap is not None
+    output_cap = (chat.max_output_tokens or config.server.max_output_tokens) if metered else None
     return Plan(chat, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered,
                 cap=cap, output_cap=output_cap, expected_output=expected)
 
