@@ -102,9 +102,12 @@ class ProviderHealth:
 
     async def refresh(self, providers: Sequence[str], force: bool = False) -> dict[str, float]:
         if force or time.monotonic() - self._read_at >= REFRESH_S:
+            # Marked read before the await: concurrent requests use the table they have rather
+            # than all reading it, and a store outage costs one read per REFRESH_S, not per request.
+            self._read_at = time.monotonic()
             try:
                 table = await self._store.health_state()
-                self._read_at = now = time.monotonic()
+                now = time.monotonic()
                 self._until = {n: now + left for n, left in table.items()}
             except Exception as exc:  # advisory: a store outage must not fail requests
                 log.warning("provider health not read from the store: %s: %s", type(exc).__name__, exc)
