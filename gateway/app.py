@@ -23,11 +23,12 @@ from gateway.admin import admin_routes
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.forward import Forwarder
+from gateway.health import ProviderHealth
 from gateway.metrics import Metrics
 from gateway.policy import auto_model_names
 from gateway.proxy import GatewayState, handle_chat
 from gateway.reload import ConfigReloader
-from gateway.store import SettlementQueue, open_store
+from gateway.store import SettlementQueue, StoreOptions, open_store, redact_text, redact_url
 from router_core.types import CostOnlyPolicy, RoutingPolicy
 
 log = logging.getLogger(__name__)
@@ -106,15 +107,21 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         policy, problem = (router, None) if router is not None else load_policy(config)
-        store = open_store(config.store)
+        server = config.server
+        store = open_store(config.store, StoreOptions(server.store_max_connections, server.store_pool_timeout_s,
+                                                      server.store_socket_timeout_s))
+        metrics = Metrics()
         forwarder = Forwarder(config.providers)  # knows the provider keys, to scrub them from upstream errors
-        state = GatewayState(config, forwarder, policy, store, Metrics(), SettlementQueue(store), problem)
+        state = GatewayState(config, forwarder, policy, store, metrics, SettlementQueue(store), problem,
+                             health=ProviderHealth(store, metrics))
         holder["state"] = state
         app.state.gateway = state
         state.reloader = ConfigReloader(state, Path(config_path) if config_path else None, config_text, env)
         await state.reloader.start()
-        log.info("gateway ready: %d providers, router %s, store %s", len(config.providers), policy.name,
-                 config.store)
+        # What is served now: the reloader may have adopted the shared config instead of the file.
+        log.info("gateway ready: %d providers, config %s (version %d), router %s, store %s",
+                 len(state.config.providers), state.reloader.status.sha256[:12], state.reloader.status.version,
+                 policy.name, redact_url(config.store))
         try:
             yield
         finally:
@@ -159,12 +166,16 @@ def create_app(
             "router": {"ok": state.router_problem is None, "policy": state.router.name,
                        "problem": state.router_problem},
         }
+        if state.health is not None:  # cooldowns do not make the replica unready: it serves the others
+            names = [p.name for p in state.config.providers]
+            cooling = await state.health.refresh(names)
+            checks["providers"] = {"ok": True, "cooldown_s": {n: cooling[n] for n in names if n in cooling}}
         try:
             await state.store.ping()
-            checks["store"] = {"ok": True, "url": state.store.url.split("@")[-1],
+            checks["store"] = {"ok": True, "url": redact_url(state.store.url),
                                "pending_settlements": state.settlements.pending}
         except Exception as exc:  # report, don't crash: /ready exists to say what is wrong
-            checks["store"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+            checks["store"] = {"ok": False, "error": redact_text(f"{type(exc).__name__}: {exc}", state.store.url),
                                "store_failure": state.config.server.store_failure,
                                "pending_settlements": state.settlements.pending}
         # A router that fell back to cost-only still serves traffic: it is reported, not fatal.

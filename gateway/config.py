@@ -29,11 +29,19 @@ class ServerConfig:
     max_body_bytes: int = 1_048_576
     max_attempts: int = 3  # providers tried per request, fallbacks included
     deadline_s: float = 120.0  # overall time for one request, fallbacks included
-    estimate_output_tokens: int = 512  # output bound for cost estimates when max_tokens is absent
+    estimate_output_tokens: int = 512  # expected output when max_tokens is absent: routing estimates
+    max_output_tokens: int = 4096  # output cap sent upstream and reserved for a metered request without max_tokens
+    image_tokens: int = 765  # prompt tokens counted per image part (OpenAI: a 1024x1024 image in high detail)
     reload_interval_s: float = 1.0  # how often the config file and the store's config version are checked
     store_failure: Literal["closed", "open"] = "closed"  # store unreachable: refuse to spend, or serve unmetered
     master_key_env: str | None = None  # env var holding the admin API's master key; None = no admin API
     master_key: str | None = field(default=None, repr=False)
+    store_max_connections: int = 64  # redis:// connections per process; more requests wait for one
+    store_pool_timeout_s: float = 5.0  # the longest wait for a free connection (then 503 store_busy)
+    store_socket_timeout_s: float = 2.0  # one Redis command or connect (then the store counts as unreachable)
+    provider_failure_threshold: int = 3  # consecutive failures/timeouts that put a provider in cooldown; 0 = never
+    provider_cooldown_s: float = 30.0  # how long a provider is skipped before one request probes it
+    provider_failure_window_s: float = 60.0  # failures further apart than this do not add up
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +119,7 @@ class KeyConfig:
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     source: str
-    store: str = "memory://"
+    store: str = field(default="memory://", repr=False)  # may carry a Redis password (${VAR} expanded)
     server: ServerConfig = ServerConfig()
     router: RouterConfig = RouterConfig()
     providers: tuple[ProviderConfig, ...] = ()
@@ -198,14 +206,26 @@ def _server(r: _Reader | None, env: Mapping[str, str]) -> ServerConfig:
         max_attempts=r.get("max_attempts", int, d.max_attempts),
         deadline_s=r.number("deadline_s", d.deadline_s, lo=0.001),
         estimate_output_tokens=r.get("estimate_output_tokens", int, d.estimate_output_tokens),
+        max_output_tokens=r.get("max_output_tokens", int, d.max_output_tokens),
+        image_tokens=r.get("image_tokens", int, d.image_tokens),
         reload_interval_s=r.number("reload_interval_s", d.reload_interval_s, lo=0.05),
         store_failure=failure,
         master_key_env=master_env,
         master_key=master,
+        store_max_connections=r.get("store_max_connections", int, d.store_max_connections),
+        store_pool_timeout_s=r.number("store_pool_timeout_s", d.store_pool_timeout_s, lo=0.001),
+        store_socket_timeout_s=r.number("store_socket_timeout_s", d.store_socket_timeout_s, lo=0.001),
+        provider_failure_threshold=r.get("provider_failure_threshold", int, d.provider_failure_threshold),
+        provider_cooldown_s=r.number("provider_cooldown_s", d.provider_cooldown_s, lo=0.001),
+        provider_failure_window_s=r.number("provider_failure_window_s", d.provider_failure_window_s, lo=0.001),
     )
-    for name in ("max_body_bytes", "max_attempts", "estimate_output_tokens"):
+    for name in ("max_body_bytes", "max_attempts", "estimate_output_tokens", "max_output_tokens",
+                 "store_max_connections"):
         if getattr(cfg, name) < 1:
             raise ConfigError(r.file, r._field(name), "must be >= 1")
+    for name in ("image_tokens", "provider_failure_threshold"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(r.file, r._field(name), "must be >= 0")
     r.done()
     return cfg
 
@@ -396,12 +416,20 @@ def parse_config(raw: Any, source: str = "<memory>", env: Mapping[str, str] | No
 
 
 def parse_config_text(text: str, source: str, env: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Validate the text of a gateway.yaml (from a file, or as published through the store)."""
+    """Validate the text of a gateway.yaml (from a file, or as published through the store).
+
+    An empty file, or one without providers, is an error: a half-written save or a truncated
+    ConfigMap would otherwise be served as "no providers" (and, with Redis, by every replica)."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(source, "<yaml>", str(exc).replace("\n", " ")) from exc
-    return parse_config(raw, source, env)
+    if raw is None:
+        raise ConfigError(source, "<file>", "is empty; a gateway.yaml needs at least one provider")
+    config = parse_config(raw, source, env)
+    if not config.providers:
+        raise ConfigError(source, "providers", "no providers; a gateway.yaml needs at least one")
+    return config
 
 
 def read_config_text(path: str | Path) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -36,6 +36,17 @@ class Metrics:
                                registry=r)
         self.fallbacks = Counter("cscr_fallbacks", "Provider attempts that failed and fell back", ["provider"],
                                  registry=r)
+        self.cooldown = Gauge("cscr_provider_cooldown_seconds",
+                              "Seconds of cooldown left per provider (0: in service), as this replica last read it",
+                              ["provider"], registry=r)
+        self.cooldowns = Counter("cscr_provider_cooldowns", "Cooldowns opened by this replica", ["provider"],
+                                 registry=r)
+        self.over_reserved = Counter(
+            "cscr_usage_over_reservation", "Metered requests whose provider usage cost more than was reserved "
+            "(the spend recorded is capped at the reservation)", ["provider"], registry=r)
+        self.over_reserved_usd = Counter(
+            "cscr_usage_over_reservation_usd", "USD by which provider usage exceeded the reservation (not recorded)",
+            ["provider"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +29,11 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.forward import Chunk, Forwarder
+from gateway.health import ProviderHealth
 from gateway.keys import authenticate, budget_account
 from gateway.metrics import Metrics
 from gateway.policy import cost_cap, eligible, estimate_cost, resolve_target
-from gateway.store import Reservation, SettlementQueue, Store
+from gateway.store import Reservation, SettlementQueue, Store, StoreBusy, new_reservation_id, redact_text, redact_url
 from gateway.tokens import count_messages, count_text
 from gateway.wire import ChatRequest, parse_body, routing_prompt, validate_chat
 from router_core.types import Candidate, RoutingPolicy
@@ -55,23 +55,31 @@ class GatewayState:
     settlements: SettlementQueue
     router_problem: str | None = None  # why the configured router is not in use, if it is not
     reloader: Any = None  # gateway.reload.ConfigReloader, set by the app
+    health: ProviderHealth | None = None  # provider cooldowns; None: every provider is always tried
 
     async def store_op(self, what: str, op: Any) -> Any:
-        """Await a store operation; an unreachable store becomes StoreUnavailable (and is counted)."""
+        """Await a store operation; an unreachable store becomes StoreUnavailable (and is counted).
+        A busy one (every pooled connection in use for the whole pool timeout) becomes
+        StoreUnavailable with code ``store_busy``: never served unmetered, it is no outage."""
         try:
             return await op
         except GatewayError:
             raise
+        except StoreBusy as exc:
+            self.metrics.errors.labels("store_busy").inc()
+            log.error("store %s busy during %s: %s", redact_url(self.store.url), what, exc)
+            raise StoreUnavailable(f"the budget store is busy ({what}): {exc}; retry shortly",
+                                   code="store_busy") from exc
         except Exception as exc:  # redis raises its ConnectionError/TimeoutError family, and OSError
             self.metrics.errors.labels("store_unavailable").inc()
-            log.error("store %s failed during %s: %s: %s", self.store.url.split("@")[-1], what,
-                      type(exc).__name__, exc)
+            log.error("store %s failed during %s: %s: %s", redact_url(self.store.url), what,
+                      type(exc).__name__, redact_text(str(exc), self.store.url))
             raise StoreUnavailable(f"the budget store is unreachable ({what}); "
                                    f"store_failure is {self.config.server.store_failure}") from exc
 
-    @property
-    def fail_open(self) -> bool:
-        return self.config.server.store_failure == "open"
+    def may_serve_unmetered(self, err: StoreUnavailable) -> bool:
+        """``store_failure: open`` and the store is unreachable (a busy store is not an outage)."""
+        return self.config.server.store_failure == "open" and err.code != "store_busy"
 
 
 @dataclass
@@ -87,6 +95,9 @@ class Plan:
     account: str | None = None  # the key's budget account for this period
     unmetered: bool = False  # the store was unreachable and store_failure is "open"
     tried: list[str] = field(default_factory=list)
+    cap: float | None = None  # the most this request may cost (header, key's per-request cap, budget)
+    output_cap: int | None = None  # output tokens reserved and sent upstream as the limit; None: not metered
+    expected_output: int = 0  # output tokens the estimates assume (max_tokens, else the server's expectation)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -110,13 +121,16 @@ async def plan_request(state: GatewayState, request: Request) -> Plan:
     body = parse_body(await read_body(request, config.server.max_body_bytes), config.server.max_body_bytes)
     chat = validate_chat(body)
     target = resolve_target(config, chat.model, key, request.headers)
-    prompt_tokens = count_messages(body["messages"])
-    bound = chat.max_output_tokens or config.server.estimate_output_tokens
-    estimates = {p.name: estimate_cost(p, prompt_tokens, bound, chat.n) for p in target.providers}
+    prompt_tokens = count_messages(body["messages"], body.get("tools"), config.server.image_tokens)
+    # Routing and eligibility use the expected output; a metered request reserves (and sends
+    # upstream) a hard output cap instead, so it can never cost more than was reserved.
+    expected = chat.max_output_tokens or config.server.estimate_output_tokens
+    estimates = {p.name: estimate_cost(p, prompt_tokens, expected, chat.n) for p in target.providers}
     account = budget_account(key) if key is not None else None
-    unmetered = await _admit(state, key, account, prompt_tokens + bound * chat.n)
-    # What is left of the key's budget is enforced when the estimate is reserved (one round trip).
-    fits = eligible(target.providers, estimates, cost_cap(key, request.headers))
+    unmetered = await _admit(state, key, account, prompt_tokens + expected * chat.n)
+    # What is left of the key's budget is enforced when the cap is reserved (one round trip).
+    cap = cost_cap(key, request.headers)
+    fits = eligible(target.providers, estimates, cap)
     routing_s = 0.0
     policy = "named"
     if target.routed:
@@ -133,7 +147,12 @@ async def plan_request(state: GatewayState, request: Request) -> Plan:
         policy = ranking.policy
         state.metrics.routing.observe(routing_s)
         state.metrics.decisions.labels(fits[0].name, policy).inc()
-    return Plan(chat, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered)
+    if state.health is not None:
+        fits = await state.health.usable(fits, named=not target.routed)
+    metered = key is not None and cap is not None
+    output_cap = (chat.max_output_tokens or config.server.max_output_tokens) if metered else None
+    return Plan(chat, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered,
+                cap=cap, output_cap=output_cap, expected_output=expected)
 
 
 async def _admit(state: GatewayState, key: KeyConfig | None, account: str | None, tokens: int) -> bool:
@@ -149,32 +168,85 @@ async def _admit(state: GatewayState, key: KeyConfig | None, account: str | None
             raise RateLimited(f"key {key.name!r} is limited to {key.tpm} tokens per minute "
                               f"(this request is estimated at {tokens})", code="tokens_rate_limit_exceeded")
         return False
-    except StoreUnavailable:
-        if not state.fail_open:
+    except StoreUnavailable as err:
+        if not state.may_serve_unmetered(err):
             raise
         log.warning("store unreachable: serving key %s unmetered (store_failure: open)", key.name)
         return True
 
 
+def _affordable(provider: ProviderConfig, plan: Plan, usd: float) -> int:
+    """Output tokens (per choice) that ``usd`` pays for after the prompt."""
+    per_token = provider.output_usd_per_mtok * plan.request.n / 1e6
+    left = usd - provider.cost(plan.prompt_tokens, 0)
+    return 2**31 if per_token <= 0 else max(math.floor(left / per_token * (1 - 1e-9)), 0)
+
+
+def _bound(provider: ProviderConfig, plan: Plan, usd: float | None) -> int | None:
+    """The output cap for ``provider``: the plan's, lowered to what ``usd`` affords but never below
+    the expected output the request was admitted with (None: not even that is affordable)."""
+    assert plan.output_cap is not None
+    expected = min(plan.expected_output, plan.output_cap)
+    bound = plan.output_cap if usd is None else min(plan.output_cap, _affordable(provider, plan, usd))
+    return bound if bound >= expected else None
+
+
 async def _reserve(state: GatewayState, plan: Plan, provider: ProviderConfig) -> tuple[Reservation | None, float]:
-    """Hold the provider's estimate on the key's account: (reservation, live spend before it).
-    The reservation is None when there is nothing to hold (no key) or the budget refuses it."""
+    """Hold the request's cost bound on the key's account: (reservation, live spend before it).
+    The reservation is None when there is nothing to hold (no key) or the budget refuses it.
+    Metered: the output cap, lowered to what the per-request cap and then the remaining budget
+    afford, is held and sent upstream. Otherwise the estimate is held. The id is chosen here,
+    before the call: a reserve that failed may still run when a stalled store resumes, so the
+    failure queues its release (settling an id to 0 is idempotent, and a reserve whose id is
+    settled holds nothing)."""
     key, account = plan.key, plan.account
     if key is None or account is None:
         return None, 0.0
-    amount = plan.estimates[provider.name]
+    bound = None
+    if plan.output_cap is not None:
+        bound = _bound(provider, plan, plan.cap) or min(plan.expected_output, plan.output_cap)
+    res = _reservation(plan, provider, account, bound)
+    got: Reservation | None = res
+    live = 0.0
     if not plan.unmetered:
         try:
-            reserved: tuple[Reservation | None, float] = await state.store_op(
-                "reserve", state.store.reserve(account, amount, key.budget_usd, RESERVATION_TTL_S)
-            )
-            return reserved
-        except StoreUnavailable:
-            if not state.fail_open:
+            got, live = await _hold(state, key, res)
+            lower = _bound(provider, plan, key.budget_usd - live) if bound and key.budget_usd is not None else None
+            if got is None and lower is not None and bound is not None and lower < bound:
+                bound = lower  # the rest of the budget affords a shorter answer: serve that
+                res = _reservation(plan, provider, account, bound)
+                got, live = await _hold(state, key, res)
+        except StoreUnavailable as err:
+            if not state.may_serve_unmetered(err):
+                if err.code != "store_busy":  # it may have reached the store: undo it if it runs late
+                    state.settlements.add(res, 0.0)
                 raise
-            plan.unmetered = True
-    # Not held anywhere; its settlement is queued until the store is back, so spend is not lost.
-    return Reservation(account, uuid.uuid4().hex, amount), 0.0
+            plan.unmetered = True  # served unmetered; settling the same id later undoes a late reserve
+            got = res
+    if got is not None and bound is not None:
+        _limit_output(plan, bound)
+    return got, live
+
+
+def _reservation(plan: Plan, provider: ProviderConfig, account: str, bound: int | None) -> Reservation:
+    amount = plan.estimates[provider.name] if bound is None else provider.cost(plan.prompt_tokens,
+                                                                                 bound * plan.request.n)
+    return Reservation(account, new_reservation_id(), amount, provider.name, capped=bound is not None)
+
+
+async def _hold(state: GatewayState, key: KeyConfig, res: Reservation) -> tuple[Reservation | None, float]:
+    got, live = await state.store_op("reserve", state.store.reserve(
+        res.account, res.amount, key.budget_usd, RESERVATION_TTL_S, res.id))
+    return (res if got is not None else None), live
+
+
+def _limit_output(plan: Plan, bound: int) -> None:
+    """Send the reserved output cap upstream, in the field the caller used (else ``max_tokens``)."""
+    body = plan.request.body
+    name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    body[name] = bound
+    if name == "max_completion_tokens":
+        body.pop("max_tokens", None)
 
 
 async def _attempts(state: GatewayState, plan: Plan) -> AsyncIterator[tuple[ProviderConfig, Reservation | None, float]]:
@@ -211,9 +283,17 @@ async def _attempts(state: GatewayState, plan: Plan) -> AsyncIterator[tuple[Prov
 
 
 async def _settle(state: GatewayState, res: Reservation | None, actual: float) -> float | None:
-    """Record the actual cost; returns the account's live spend afterwards (None if unknown)."""
+    """Record the actual cost; returns the account's live spend afterwards (None if unknown).
+    A capped (metered) reservation never records more than it held: the provider's usage above it
+    is logged and counted (``cscr_usage_over_reservation``), not charged to the key."""
     if res is None:
         return None
+    if res.capped and actual > res.amount:
+        state.metrics.over_reserved.labels(res.provider).inc()
+        state.metrics.over_reserved_usd.labels(res.provider).inc(actual - res.amount)
+        log.warning("provider %s billed $%.8f for a request that reserved $%.8f; recording the reservation",
+                    res.provider, actual, res.amount)
+        actual = res.amount
     with anyio.CancelScope(shield=True):  # a disconnect must not lose the settlement
         try:
             live: float = await state.store.settle(res, actual)
@@ -321,6 +401,8 @@ async def _attempt_failed(
     provider must not be tried (the caller's own error)."""
     await _settle(state, res, 0.0)
     _record_failure(state, plan, err, failures)
+    if state.health is not None and err.provider:
+        await state.health.failure(state.config.server, err.provider, err.kind, err.status)
     if not err.retryable:
         raise err
 
@@ -349,6 +431,8 @@ async def complete(state: GatewayState, plan: Plan) -> Response:
             raise await _deadline(state, plan, res, repr(provider.name)) from None
         upstream_s = time.perf_counter() - t
         state.metrics.upstream.labels(provider.name).observe(upstream_s)
+        if state.health is not None:
+            await state.health.success(provider.name)
         priced = _usage_cost(state, plan, provider, payload.get("usage"), functools.partial(_answer_text, payload))
         actual = priced[0] if priced else plan.estimates[provider.name]  # no usage: bill the estimate
         live = await _settle(state, res, actual)
@@ -384,12 +468,12 @@ def _stream_error(message: str) -> bytes:
 
 
 async def stream(state: GatewayState, plan: Plan) -> Response:
-    # Ask every upstream for usage so streamed spend is real; the caller sees the usage chunk only
-    # if it asked for it.
-    body = {**plan.request.body, "stream_options": {**(plan.request.body.get("stream_options") or {}),
-                                                     "include_usage": True}}
     failures: list[str] = []
     async for provider, res, left in _attempts(state, plan):
+        # Ask every upstream for usage so streamed spend is real; the caller sees the usage chunk
+        # only if it asked for it. Built per attempt: the reservation sets the output cap.
+        body = {**plan.request.body, "stream_options": {**(plan.request.body.get("stream_options") or {}),
+                                                         "include_usage": True}}
         t = time.perf_counter()
         chunks = state.forwarder.for_provider(provider).stream(provider, body)  # an async generator
         try:
@@ -407,6 +491,8 @@ async def stream(state: GatewayState, plan: Plan) -> Response:
             raise await _deadline(state, plan, res, f"{provider.name!r}'s first chunk") from None
         upstream_s = time.perf_counter() - t
         state.metrics.upstream.labels(provider.name).observe(upstream_s)  # to the first chunk
+        if state.health is not None:
+            await state.health.success(provider.name)
         state.metrics.latency.observe(time.perf_counter() - plan.started)
         headers = _headers(state, plan, provider, upstream_s)
         headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"

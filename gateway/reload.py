@@ -3,11 +3,21 @@
 The whole new file is validated first; an invalid file leaves the running config in place, and the
 error (file, field, reason) is logged, shown on ``/ready`` and counted in ``/metrics``.
 
-With a shared store the change travels through it, so every replica converges on one config:
-a replica that sees its file change publishes the validated text to the store (``config/current``,
-with a version number); every replica polls that version and applies what is published; a replica
-that starts later adopts the published config instead of its own file. With ``memory://`` the file
-is the only source.
+An empty file, a file without providers and a file that is not YAML are invalid like any other
+(``parse_config_text``): never applied, never published.
+
+With a shared store the change travels through it, so every replica converges on one config. The
+source of truth is the newest valid file any replica has seen, as published in the store
+(``config/current``: text, sha256, version, source, published_at):
+- a replica whose file changes publishes the validated text when its digest differs from the
+  published one; every replica polls the version and applies what is published;
+- a replica that starts compares its file with the published config: same digest, it joins that
+  version; a file modified after the publication (edited while the replica was down), it publishes
+  its file; an older file, it serves the published config and logs a warning that says so;
+- a published config this replica cannot validate (a missing env var, an invalid text written by
+  an older release) is rejected and logged; the replica keeps what it serves.
+Whether the store is shared is decided by the store the process opened, never by the config of the
+moment. With ``memory://`` the file is the only source.
 
 A removed provider leaves routing at once (plans are made from the config of the moment); requests
 already in flight hold their provider object and finish normally. Prices, keys and budgets apply
@@ -61,6 +71,7 @@ class ConfigReloader:
         self.path = path
         self.status = ReloadStatus(sha256=digest(text) if text is not None else "", applied_at=time.time())
         self._file_sha = self.status.sha256
+        self._seen_version = 0  # the last published version looked at (applied or rejected)
         self._file_stat: tuple[int, int] | None = None  # (mtime_ns, size) last seen by the watcher
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -70,7 +81,8 @@ class ConfigReloader:
 
     @property
     def shared(self) -> bool:
-        return not self.state.config.store.startswith("memory://")
+        # The store this process opened (a restart is needed to change it), not the config of the moment.
+        return not self.state.store.url.startswith("memory://")
 
     # --- applying ---------------------------------------------------------------------------------
 
@@ -107,8 +119,8 @@ class ConfigReloader:
         added = sorted({p.name for p in config.providers} - {p.name for p in old.providers})
         removed = sorted({p.name for p in old.providers} - {p.name for p in config.providers})
         self.state.metrics.reloads.labels("applied").inc()
-        log.info("config %s applied (version %d): providers added %s, removed %s", sha[:12], version,
-                 added or "none", removed or "none")
+        log.info("config %s applied (version %d): providers added %s, removed %s; serving %d providers",
+                 sha[:12], version, added or "none", removed or "none", len(config.providers))
         if config.store != old.store:
             log.warning("store URL changed in the config; a restart is needed for it to take effect")
 
@@ -135,6 +147,7 @@ class ConfigReloader:
                 version = await self._publish(text, sha)
             else:
                 version = 0
+            self._seen_version = version
             if sha != self.status.sha256 or version != self.status.version:
                 await self._apply(config, sha, version)
             return True
@@ -149,20 +162,52 @@ class ConfigReloader:
                                                    "source": str(self.path), "published_at": time.time()})
         return version
 
-    async def sync_from_store(self) -> bool:
+    async def sync_from_store(self, current: dict[str, Any] | None = None) -> bool:
         """Apply the store's published config if it is not the one in force. True if applied."""
-        current = await self.state.store.get_doc(CONFIG_DOCS, CURRENT)
-        if current is None or int(current["version"]) == self.status.version:
+        if current is None:
+            current = await self.state.store.get_doc(CONFIG_DOCS, CURRENT)
+        if current is None or int(current["version"]) in (self.status.version, self._seen_version):
             return False
         async with self._lock:
+            self._seen_version = int(current["version"])  # a rejected text is not retried forever
             try:
                 config = parse_config_text(current["text"], f"store:{current.get('source', '?')}", self.env)
-            except ConfigError as err:  # e.g. an env var this replica lacks
+            except ConfigError as err:  # e.g. an env var this replica lacks, or an invalid text
                 self._reject(err)
-                self.status.version = int(current["version"])  # do not retry the same text forever
+                log.error("still serving config %s (%d providers)", self.status.sha256[:12],
+                          len(self.state.config.providers))
+                return False
+            if current["sha256"] == self.status.sha256:  # the text in force, published: join its version
+                self.status.version = int(current["version"])
                 return False
             await self._apply(config, current["sha256"], int(current["version"]))
             return True
+
+    async def _join(self) -> None:
+        """At start-up with a shared store: publish the file or adopt the published config (see the
+        module docstring for the rule), and say which."""
+        current = await self.state.store.get_doc(CONFIG_DOCS, CURRENT)
+        if self.path is None:
+            await self.sync_from_store(current)
+            return
+        if current is None or current.get("sha256") == self.status.sha256:
+            await self.reload_file()  # publishes it (or joins the same text's version)
+            return
+        try:
+            modified = self.path.stat().st_mtime
+        except OSError:
+            modified = 0.0
+        published = float(current.get("published_at") or 0.0)
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(published))
+        if modified >= published:
+            log.info("%s was modified after the shared config version %s (published %s from %s): publishing it",
+                     self.path, current.get("version"), when, current.get("source", "?"))
+            await self.reload_file()
+            return
+        log.warning("%s differs from the shared config version %s, published later (%s from %s): serving the "
+                    "shared config, not this file", self.path, current.get("version"), when,
+                    current.get("source", "?"))
+        await self.sync_from_store(current)
 
     # --- watching ---------------------------------------------------------------------------------
 
@@ -171,8 +216,7 @@ class ConfigReloader:
         await self._install(self.state.config)
         if self.shared:
             try:
-                if not await self.sync_from_store() and self.status.version == 0 and self.path is not None:
-                    await self.reload_file()
+                await self._join()
             except Exception as exc:  # the store may be down at start-up: the file config serves
                 log.error("could not read the shared config from the store: %s", exc)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

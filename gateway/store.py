@@ -9,6 +9,13 @@ live reservations: a request reserves its estimated cost before the provider cal
 requests cannot overspend) and settles to the actual cost after it. Reservations carry a TTL, so a
 crashed replica cannot hold money forever; until they expire they count in full. Settling is
 idempotent per reservation, so a settlement retried after a store outage is never counted twice.
+
+The reservation id is chosen by the caller before the call. A reserve that timed out may still run
+when a stalled Redis resumes; the caller then settles that id to 0 (``SettlementQueue``), and a
+reserve whose id was already settled holds nothing, so the two cancel out in either order.
+
+Provider health (``health_*``): consecutive failures per provider and the cooldown they open, shared
+by every replica (see ``gateway.health``).
 """
 
 from __future__ import annotations
@@ -20,13 +27,54 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 NANO = 1_000_000_000
 ACCOUNT_TTL_S = 40 * 86400  # an account (key + budget period) is forgotten 40 days after its last use
+HEALTH_FORGET_S = 3600.0  # a cooldown nobody probed is forgotten this long after it ended
 
 
 def to_nano(usd: float) -> int:
     return int(round(usd * NANO))
+
+
+def new_reservation_id() -> str:
+    return uuid.uuid4().hex
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (and user) replaced by ``***``: store URLs are logged and shown."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable store URL>"
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def redact_text(text: str, url: str) -> str:
+    """``text`` (an error message) with the store URL's password, if any, replaced by ``***``."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    return text.replace(password, "***") if password else text
+
+
+class StoreBusy(Exception):
+    """Every pooled connection stayed in use for the whole pool timeout: the store is reachable
+    but this process is asking too much of it at once (not an outage: never served unmetered)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """Client-side limits of a redis:// store (``server.store_*`` in gateway.yaml)."""
+
+    max_connections: int = 64  # per process; requests beyond it wait for a free connection
+    pool_timeout_s: float = 5.0  # how long a request waits for a free connection
+    socket_timeout_s: float = 2.0  # one command (connect, or send and answer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,16 +82,19 @@ class Reservation:
     account: str
     id: str
     amount: float
+    provider: str = ""  # who the money is held for (logs, metrics)
+    capped: bool = False  # the upstream call is bounded by ``amount``: settle never records more
 
 
 class Store(Protocol):
     url: str
 
     async def reserve(
-        self, account: str, amount: float, limit: float | None, ttl_s: float
+        self, account: str, amount: float, limit: float | None, ttl_s: float, rid: str | None = None
     ) -> tuple[Reservation | None, float]:
-        """Hold ``amount`` USD on ``account`` unless spent + held + amount would exceed ``limit``.
-        Returns (the reservation or None, the account's live spend before it) in one round trip."""
+        """Hold ``amount`` USD on ``account`` under id ``rid`` (new if None) unless spent + held +
+        amount would exceed ``limit``, or ``rid`` was already settled (a late reserve after its
+        release). Returns (the reservation or None, the account's live spend before it)."""
 
     async def settle(self, reservation: Reservation, actual: float) -> float:
         """Drop the hold and record ``actual`` USD as spent (idempotent per reservation).
@@ -69,6 +120,17 @@ class Store(Protocol):
     async def delete_doc(self, kind: str, name: str) -> bool: ...
 
     async def list_docs(self, kind: str) -> dict[str, dict[str, Any]]: ...
+
+    async def health_failure(self, provider: str, threshold: int, cooldown_s: float, window_s: float) -> float:
+        """Count one failure of ``provider`` (the count lapses ``window_s`` after the last one). At
+        ``threshold`` failures in a row, or any failure while a cooldown is recorded, (re)open the
+        cooldown for ``cooldown_s``. Returns the cooldown seconds left (0: none opened)."""
+
+    async def health_success(self, provider: str) -> None:
+        """``provider`` answered: forget its failures and its cooldown."""
+
+    async def health_state(self) -> dict[str, float]:
+        """Providers with a cooldown record -> seconds left (<= 0: over, waiting for a probe)."""
 
     async def ping(self) -> None:
         """Raise if the backend cannot be reached."""
@@ -98,17 +160,19 @@ class MemoryStore:
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, monotonic expiry)
         self._docs: dict[str, dict[str, dict[str, Any]]] = {}
         self._ids = itertools.count(1)
+        self._fails: dict[str, tuple[int, float]] = {}  # provider -> (failures, monotonic expiry)
+        self._cooldowns: dict[str, tuple[float, float]] = {}  # provider -> (until, forget at), monotonic
 
     async def reserve(
-        self, account: str, amount: float, limit: float | None, ttl_s: float
+        self, account: str, amount: float, limit: float | None, ttl_s: float, rid: str | None = None
     ) -> tuple[Reservation | None, float]:
         now = time.monotonic()
         state = self._accounts.setdefault(account, _Account())
         nano = to_nano(amount)
         live = state.live(now)
-        if limit is not None and live + nano > to_nano(limit):
+        rid = rid or str(next(self._ids))
+        if (limit is not None and live + nano > to_nano(limit)) or rid in state.done:
             return None, live / NANO
-        rid = str(next(self._ids))
         state.held[rid] = (nano, now + ttl_s)
         return Reservation(account, rid, amount), live / NANO
 
@@ -161,6 +225,28 @@ class MemoryStore:
         docs: dict[str, dict[str, Any]] = json.loads(json.dumps(self._docs.get(kind, {})))
         return docs
 
+    async def health_failure(self, provider: str, threshold: int, cooldown_s: float, window_s: float) -> float:
+        now = time.monotonic()
+        count, expiry = self._fails.get(provider, (0, now))
+        count = count + 1 if expiry > now else 1
+        cooling = self._cooldowns.get(provider)
+        if count < threshold and (cooling is None or cooling[1] <= now):
+            self._fails[provider] = (count, now + window_s)
+            return 0.0
+        self._fails.pop(provider, None)
+        self._cooldowns[provider] = (now + cooldown_s, now + cooldown_s + HEALTH_FORGET_S)
+        return cooldown_s
+
+    async def health_success(self, provider: str) -> None:
+        self._fails.pop(provider, None)
+        self._cooldowns.pop(provider, None)
+
+    async def health_state(self) -> dict[str, float]:
+        now = time.monotonic()
+        for name in [n for n, (_, forget) in self._cooldowns.items() if forget <= now]:
+            del self._cooldowns[name]
+        return {name: until - now for name, (until, _) in self._cooldowns.items()}
+
     async def ping(self) -> None:
         return None
 
@@ -168,7 +254,8 @@ class MemoryStore:
         return None
 
 
-# KEYS: settled (int string), holds (zset id -> expiry, server time), amounts (hash id -> nano)
+# KEYS: settled (int string), holds (zset id -> expiry, server time), amounts (hash id -> nano),
+# done (set of settled ids: a reserve that arrives after its own release holds nothing)
 # ARGV: amount, limit (-1 = none), ttl_s, id, account ttl
 _RESERVE = """
 local t = redis.call('TIME')
@@ -184,6 +271,7 @@ local settled = tonumber(redis.call('GET', KEYS[1]) or '0')
 local amount = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 if limit >= 0 and settled + held + amount > limit then return {0, settled + held} end
+if redis.call('SISMEMBER', KEYS[4], ARGV[4]) == 1 then return {0, settled + held} end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
 redis.call('HSET', KEYS[3], ARGV[4], amount)
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
@@ -233,17 +321,54 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS: failures (counter), cooldown (server time it ends). ARGV: threshold, cooldown_s, window_s, forget_s
+# A failure while a cooldown is recorded (a failed probe) reopens it at once.
+_HEALTH_FAIL = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local n = redis.call('INCR', KEYS[1])
+if n < tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[3]) * 1000))
+  return '0'
+end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], tostring(now + tonumber(ARGV[2])),
+           'PX', math.floor((tonumber(ARGV[2]) + tonumber(ARGV[4])) * 1000))
+return ARGV[2]
+"""
+
+# KEYS: the cooldown keys. Returns seconds left per key ('' where there is none), server time.
+_HEALTH_STATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local out = {}
+for i, k in ipairs(KEYS) do
+  local v = redis.call('GET', k)
+  out[i] = v and tostring(tonumber(v) - now) or ''
+end
+return out
+"""
+
 
 class RedisStore:
     """Shared by replicas. Every read-modify-write is one Lua script (atomic on the server)."""
 
-    def __init__(self, url: str, prefix: str = "cscr:") -> None:
+    def __init__(self, url: str, prefix: str = "cscr:", options: StoreOptions | None = None) -> None:
         import redis.asyncio as aioredis  # imported when a redis:// store is opened, not before
 
+        opts = options or StoreOptions()
         self.url = url
         self._prefix = prefix
-        self._redis = aioredis.from_url(url, decode_responses=True, socket_timeout=2.0,
-                                        socket_connect_timeout=2.0, health_check_interval=10)
+        # A bounded pool that waits for a free connection: redis-py's default pool opens a new
+        # connection per concurrent command, and a burst then fails with timeouts on a healthy Redis.
+        pool = _blocking_pool_class().from_url(
+            url, decode_responses=True, max_connections=opts.max_connections, timeout=opts.pool_timeout_s,
+            socket_timeout=opts.socket_timeout_s, socket_connect_timeout=opts.socket_timeout_s,
+            health_check_interval=10,
+        )
+        self._redis = aioredis.Redis(connection_pool=pool)
+        self._health_fail = self._redis.register_script(_HEALTH_FAIL)
+        self._health_state = self._redis.register_script(_HEALTH_STATE)
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
         self._spent = self._redis.register_script(_SPENT)
@@ -256,11 +381,11 @@ class RedisStore:
         return [f"{base}:settled", f"{base}:holds", f"{base}:amounts", f"{base}:done"]
 
     async def reserve(
-        self, account: str, amount: float, limit: float | None, ttl_s: float
+        self, account: str, amount: float, limit: float | None, ttl_s: float, rid: str | None = None
     ) -> tuple[Reservation | None, float]:
-        rid = uuid.uuid4().hex
+        rid = rid or new_reservation_id()
         ok, live = await self._reserve(
-            keys=self._account_keys(account)[:3],
+            keys=self._account_keys(account),
             args=[to_nano(amount), -1 if limit is None else to_nano(limit), ttl_s, rid, ACCOUNT_TTL_S],
         )
         return (Reservation(account, rid, amount) if int(ok) == 1 else None), int(live) / NANO
@@ -304,11 +429,50 @@ class RedisStore:
         raw = await self._redis.hgetall(f"{self._prefix}docs:{kind}")
         return {str(k): json.loads(v) for k, v in raw.items()}
 
+    def _health_keys(self, provider: str) -> list[str]:
+        base = f"{self._prefix}health:{{{provider}}}"
+        return [f"{base}:failures", f"{base}:cooldown"]
+
+    async def health_failure(self, provider: str, threshold: int, cooldown_s: float, window_s: float) -> float:
+        await self._redis.sadd(f"{self._prefix}health:providers", provider)
+        left = await self._health_fail(keys=self._health_keys(provider),
+                                       args=[threshold, cooldown_s, window_s, HEALTH_FORGET_S])
+        return float(left)
+
+    async def health_success(self, provider: str) -> None:
+        await self._redis.delete(*self._health_keys(provider))
+
+    async def health_state(self) -> dict[str, float]:
+        names = sorted(str(n) for n in await self._redis.smembers(f"{self._prefix}health:providers"))
+        if not names:
+            return {}
+        left = await self._health_state(keys=[self._health_keys(n)[1] for n in names])
+        return {n: float(v) for n, v in zip(names, left, strict=True) if v != ""}
+
     async def ping(self) -> None:
         await self._redis.ping()
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+def _blocking_pool_class() -> Any:
+    """redis-py's BlockingConnectionPool, whose wait for a free connection ends in StoreBusy
+    (its own error is a ConnectionError, indistinguishable from an unreachable server)."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    class BoundedPool(aioredis.BlockingConnectionPool):
+        async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().get_connection(*args, **kwargs)
+            except RedisConnectionError as exc:
+                if isinstance(exc.__cause__, TimeoutError):  # the pool's wait, not the socket
+                    raise StoreBusy(f"no free store connection within {self.timeout}s "
+                                    f"(max_connections {self.max_connections})") from exc
+                raise
+
+    return BoundedPool
 
 
 class SettlementQueue:
@@ -336,13 +500,13 @@ class SettlementQueue:
     async def _drain(self) -> None:
         while self._pending:
             await asyncio.sleep(self._retry_s)
-            still: list[tuple[Reservation, float]] = []
-            for res, actual in self._pending:
+            batch, self._pending = self._pending, []
+            for i, (res, actual) in enumerate(batch):
                 try:
                     await self._store.settle(res, actual)
-                except Exception:  # still unreachable: keep it for the next round
-                    still.append((res, actual))
-            self._pending = still
+                except Exception:  # still unreachable: keep the rest for the next round, untried
+                    self._pending = batch[i:] + self._pending  # (one timeout per round, not one per entry)
+                    break
 
     async def flush(self, timeout_s: float) -> None:
         if self._task is not None and not self._task.done():
@@ -352,10 +516,10 @@ class SettlementQueue:
                 pass
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, options: StoreOptions | None = None) -> Store:
     """The backend for ``url``: ``memory://`` or ``redis://`` / ``rediss://``."""
     if url.startswith("memory://"):
         return MemoryStore(url)
     if url.startswith(("redis://", "rediss://")):
-        return RedisStore(url)
-    raise ValueError(f"unknown store URL {url!r}: use memory:// or redis://")
+        return RedisStore(url, options=options)
+    raise ValueError(f"unknown store URL {redact_url(url)!r}: use memory:// or redis://")

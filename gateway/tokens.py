@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
+import json
 import logging
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per message in OpenAI's chat format
 REPLY_PRIMING_TOKENS = 3
+IMAGE_TOKENS = 765  # per image part: OpenAI's count for a 1024x1024 image in high detail (server.image_tokens)
 
 _CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 _CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
@@ -76,10 +78,19 @@ def count_text(text: str) -> int:
     return len(encoding().encode(text, disallowed_special=()))
 
 
-def count_messages(messages: list[dict[str, Any]]) -> int:
+def count_messages(messages: list[dict[str, Any]], tools: Any = None, image_tokens: int = IMAGE_TOKENS) -> int:
     """Prompt tokens of a chat request, as OpenAI counts them for its cl100k models (an estimate
-    for other tokenizers: it only sizes a budget reservation, the bill uses the provider's usage)."""
+    for other tokenizers: it only sizes a budget reservation, the bill uses the provider's usage).
+    Tool definitions count as their JSON, an assistant's tool calls as theirs, and every image part
+    as ``image_tokens`` (the real count depends on its size and detail, unknown here)."""
     total = REPLY_PRIMING_TOKENS
     for m in messages:
         total += MESSAGE_OVERHEAD_TOKENS + count_text(message_text(m))
+        content = m.get("content")
+        if isinstance(content, list):
+            total += image_tokens * sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image_url")
+        if m.get("tool_calls"):
+            total += count_text(json.dumps(m["tool_calls"], separators=(",", ":")))
+    if tools:
+        total += count_text(json.dumps(tools, separators=(",", ":")))
     return total

@@ -8,7 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import MemoryStore, RedisStore, SettlementQueue, Store, open_store
+from gateway.store import (
+    MemoryStore,
+    RedisStore,
+    Reservation,
+    SettlementQueue,
+    Store,
+    StoreBusy,
+    StoreOptions,
+    open_store,
+    redact_text,
+    redact_url,
+)
 from tests.redis_fixture import RedisServer, redis_server
 
 
@@ -119,3 +130,59 @@ def test_open_store_by_url() -> None:
     assert isinstance(open_store("redis://127.0.0.1:1/0"), RedisStore)
     with pytest.raises(ValueError):
         open_store("postgres://x")
+
+
+async def test_a_reserve_that_runs_after_its_release_holds_nothing(store: Store) -> None:
+    # A reserve that timed out against a stalled Redis runs when Redis resumes; the gateway has
+    # already queued its release (settle to 0). Whichever lands first, nothing stays held.
+    released = Reservation("late", "rid-1", 0.5)
+    assert await store.settle(released, 0.0) == 0.0
+    late, _ = await store.reserve("late", 0.5, 10.0, ttl_s=600, rid="rid-1")
+    assert late is None and await store.spent("late") == 0.0
+    held, _ = await store.reserve("late", 0.5, 10.0, ttl_s=600, rid="rid-2")  # the other order
+    assert held is not None and await store.spent("late") == pytest.approx(0.5)
+    assert await store.settle(Reservation("late", "rid-2", 0.5), 0.0) == 0.0
+
+
+async def test_provider_health_opens_a_cooldown_after_failures_in_a_row(store: Store) -> None:
+    assert await store.health_state() == {}
+    assert await store.health_failure("p", 3, 0.3, 60) == 0.0
+    assert await store.health_failure("p", 3, 0.3, 60) == 0.0
+    await store.health_success("p")  # a success breaks the run
+    assert [await store.health_failure("p", 3, 0.3, 60) for _ in range(3)] == [0.0, 0.0, pytest.approx(0.3)]
+    left = (await store.health_state())["p"]
+    assert 0.0 < left <= 0.3
+    await asyncio.sleep(0.35)
+    assert (await store.health_state())["p"] <= 0.0  # over: half-open, waiting for a probe
+    assert await store.health_failure("p", 3, 0.3, 60) == pytest.approx(0.3)  # a failed probe reopens at once
+    await store.health_success("p")
+    assert await store.health_state() == {}
+
+
+async def test_provider_failures_far_apart_do_not_add_up(store: Store) -> None:
+    assert await store.health_failure("q", 2, 5.0, 0.1) == 0.0
+    await asyncio.sleep(0.2)
+    assert await store.health_failure("q", 2, 5.0, 0.1) == 0.0
+    assert await store.health_failure("q", 2, 5.0, 0.1) == pytest.approx(5.0)
+
+
+async def test_an_exhausted_pool_waits_then_says_busy_not_unreachable(redis_srv: RedisServer) -> None:
+    store = RedisStore(redis_srv.url, prefix="pool:", options=StoreOptions(max_connections=2, pool_timeout_s=0.2))
+    try:
+        # 50 concurrent commands share 2 connections: they wait their turn, none fails.
+        await asyncio.gather(*(store.reserve("pool", 0.01, None, ttl_s=60) for _ in range(50)))
+        assert await store.spent("pool") == pytest.approx(0.5)
+        blockers = [asyncio.create_task(store._redis.blpop(["pool:nothing"], timeout=1)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(StoreBusy):
+            await store.spent("pool")
+        await asyncio.gather(*blockers)
+    finally:
+        await store.aclose()
+
+
+def test_store_urls_are_redacted() -> None:
+    assert redact_url("redis://:s3cret@redis:6379/0") == "redis://***@redis:6379/0"
+    assert redact_url("rediss://user:s3cret@h:6380/1") == "rediss://***@h:6380/1"
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert redact_text("Error: auth s3cret failed", "redis://:s3cret@h/0") == "Error: auth *** failed"

@@ -1,0 +1,133 @@
+"""Provider health (issue 13, item 11): the pure decision, the tracker on a real store, and two
+gateways on one real redis-server in front of the replay upstream with a timeout fault, showing
+that requests stop paying the timeout, on every replica, and that the provider is probed back in."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.config import ProviderConfig, ServerConfig
+from gateway.health import ProviderCoolingDown, ProviderHealth, counts_as_failure, triage
+from gateway.metrics import Metrics
+from gateway.store import MemoryStore
+from gateway.upstream import start_upstream
+from tests.gateway_fixture import provider, start_gateway
+from tests.redis_fixture import RedisServer, redis_server
+
+RULES = ServerConfig(provider_failure_threshold=2, provider_cooldown_s=0.3, provider_failure_window_s=60)
+
+
+def test_triage_splits_a_ranking_by_the_cooldown_table() -> None:
+    split = triage(["a", "b", "c", "d"], {"b": 12.0, "c": -0.5})
+    assert split.healthy == ["a", "d"] and split.half_open == ["c"] and split.cooling == {"b": 12.0}
+    assert triage(["a"], {}).healthy == ["a"]
+
+
+def test_only_the_providers_own_failures_count() -> None:
+    assert counts_as_failure("timeout", 504) and counts_as_failure("connection", 502)
+    assert counts_as_failure("status", 503) and counts_as_failure("protocol", 502)
+    assert not counts_as_failure("status", 400) and not counts_as_failure("status", 429)
+
+
+async def test_failures_in_a_row_cool_a_provider_down_then_one_request_probes_it() -> None:
+    health = ProviderHealth(MemoryStore(), Metrics())
+    a, b = ProviderConfig("a", "openai/a", timeout_s=5.0), ProviderConfig("b", "openai/b")
+    await health.failure(RULES, "a", "timeout", 504)
+    assert await health.usable([a, b], named=False) == [a, b]  # one failure is not a pattern
+    await health.failure(RULES, "a", "status", 400)  # the caller's error: not counted
+    await health.failure(RULES, "a", "timeout", 504)
+    assert await health.usable([a, b], named=False) == [b]
+    with pytest.raises(ProviderCoolingDown) as err:
+        await health.usable([a], named=True)
+    assert err.value.status == 503 and err.value.headers == {"retry-after": "1"}
+    await asyncio.sleep(0.35)
+    first, second = await asyncio.gather(health.usable([a, b], named=False), health.usable([a, b], named=False))
+    assert sorted([first, second], key=len) == [[b], [a, b]]  # half-open: exactly one request probes
+    await health.success("a")
+    assert await health.usable([a, b], named=False) == [a, b]
+    assert health.snapshot() == {}
+
+
+async def test_a_failed_probe_reopens_the_cooldown_at_once() -> None:
+    health = ProviderHealth(MemoryStore(), Metrics())
+    a = ProviderConfig("a", "openai/a")
+    for _ in range(2):
+        await health.failure(RULES, "a", "timeout", 504)
+    await asyncio.sleep(0.35)
+    assert await health.usable([a], named=True) == [a]  # the probe
+    await health.failure(RULES, "a", "timeout", 504)
+    with pytest.raises(ProviderCoolingDown):
+        await health.usable([a], named=True)
+
+
+async def test_threshold_zero_turns_health_off() -> None:
+    health = ProviderHealth(MemoryStore(), Metrics())
+    a = ProviderConfig("a", "openai/a")
+    for _ in range(5):
+        await health.failure(ServerConfig(provider_failure_threshold=0), "a", "timeout", 504)
+    assert await health.usable([a], named=True) == [a]
+
+
+# --- integration ----------------------------------------------------------------------------------
+
+@pytest.fixture()
+def redis_srv(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path) as srv:
+        yield srv
+
+
+def _chat(base: str, model: str) -> tuple[httpx.Response, float]:
+    t = time.perf_counter()
+    r = httpx.post(f"{base}/v1/chat/completions", timeout=30,
+                   json={"model": model, "messages": [{"role": "user", "content": "hello"}]})
+    return r, time.perf_counter() - t
+
+
+@pytest.mark.integration
+def test_a_timing_out_provider_stops_costing_requests_on_every_replica(redis_srv: RedisServer) -> None:
+    up, stop_up = start_upstream(replay="none", faults={"slow-model": "timeout"})
+    cfg = {
+        "store": redis_srv.url,
+        "router": {"artifact": "none"},  # cost-only: the cheaper, timing-out provider ranks first
+        "server": {"provider_failure_threshold": 2, "provider_cooldown_s": 3.0},
+        "providers": [provider("slow", "openai/slow-model", up, (0.1, 0.1), timeout_s=1.0),
+                      provider("fast", "openai/fast-model", up, (1.0, 1.0))],
+    }
+    a, stop_a = start_gateway(cfg)
+    b, stop_b = start_gateway(cfg)
+    try:
+        paid = []
+        for _ in range(6):
+            r, took = _chat(a, "auto")
+            assert r.status_code == 200 and r.headers["x-cscr-provider"] == "fast"
+            paid.append(took)
+        assert all(t >= 1.0 for t in paid[:2])  # two timeouts open the cooldown...
+        assert all(t < 0.5 for t in paid[2:]), paid  # ...after which nobody waits for it
+        r, took = _chat(b, "auto")  # the other replica skips it too (the cooldown is in Redis)
+        assert r.headers["x-cscr-tried"] == "fast" and took < 0.5
+        r, took = _chat(b, "slow")  # named: fail fast, and say when to come back
+        assert r.status_code == 503 and took < 0.5
+        assert r.json()["error"]["code"] == "provider_cooling_down" and 1 <= int(r.headers["retry-after"]) <= 3
+        ready = httpx.get(f"{a}/ready", timeout=10).json()
+        assert ready["ready"] and 0 < ready["checks"]["providers"]["cooldown_s"]["slow"] <= 3.0
+        metrics = httpx.get(f"{b}/metrics", timeout=10).text
+        assert 'cscr_provider_cooldown_seconds{provider="slow"}' in metrics
+
+        httpx.delete(up.removesuffix("/v1") + "/_faults", timeout=10)  # the provider recovers
+        time.sleep(3.2)
+        r, took = _chat(b, "auto")  # one request probes it back in
+        assert r.status_code == 200 and r.headers["x-cscr-provider"] == "slow" and took < 0.9
+        time.sleep(0.6)  # the other replica's copy of the table refreshes
+        r, _ = _chat(a, "slow")
+        assert r.status_code == 200
+        assert "slow" not in httpx.get(f"{a}/ready", timeout=10).json()["checks"]["providers"]["cooldown_s"]
+    finally:
+        stop_a()
+        stop_b()
+        stop_up()
