@@ -198,7 +198,7 @@ def from_chat(payload: dict[str, Any], request: dict[str, Any], prompt_estimate:
         content.append({"type": "tool_use", "id": call.get("id") or _new_id("toolu"), "name": fn.get("name", ""),
                         "input": _arguments(fn.get("arguments", ""))})
     return {"id": _new_id("msg"), "type": "message", "role": "assistant",
-            "model": str(payload.get("model") or request.get("model")), "content": content,
+            "model": str(request.get("model") or payload.get("model")), "content": content,
             "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "stop", "end_turn"),
             "stop_sequence": None, "usage": _usage(payload.get("usage"), prompt_estimate)}
 

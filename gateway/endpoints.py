@@ -62,6 +62,12 @@ async def _translated(state: GatewayState, request: Request, to_chat: Callable[[
     return plan, sent, inner
 
 
+def _answered_by(inner: Response, sent: dict[str, Any]) -> str:
+    """The ``model`` a translated answer reports: the gateway's name for the provider that served it
+    (what the caller can name next time), known before a stream's first event is sent."""
+    return inner.headers.get("x-cscr-provider") or str(sent.get("model"))
+
+
 def _relay_of(inner: Response) -> AsyncGenerator[bytes, None]:
     assert isinstance(inner, StreamingResponse)
     relay: AsyncGenerator[bytes, None] = inner.body_iterator  # type: ignore[assignment]  # proxy._relay
@@ -71,10 +77,11 @@ def _relay_of(inner: Response) -> AsyncGenerator[bytes, None]:
 async def handle_responses(state: GatewayState, request: Request) -> Response:
     plan, sent, inner = await _translated(state, request, responses.to_chat)
     if plan.request.stream:
-        events = responses.translate_stream(_relay_of(inner), sent)
+        events = responses.translate_stream(_relay_of(inner), {**sent, "model": _answered_by(inner, sent)})
         return StreamingResponse(events, 200, _relayed_headers(inner), media_type="text/event-stream")
     _done(state, plan)
-    return _json(responses.from_chat(json.loads(bytes(inner.body)), sent), _relayed_headers(inner))
+    answer = responses.from_chat(json.loads(bytes(inner.body)), {**sent, "model": _answered_by(inner, sent)})
+    return _json(answer, _relayed_headers(inner))
 
 
 def anthropic_auth(request: Request) -> Request:
@@ -90,11 +97,13 @@ def anthropic_auth(request: Request) -> Request:
 async def handle_messages(state: GatewayState, request: Request) -> Response:
     plan, sent, inner = await _translated(state, anthropic_auth(request), anthropic.to_chat)
     if plan.request.stream:
-        events = anthropic.translate_stream(_relay_of(inner), sent, plan.prompt_tokens)
+        events = anthropic.translate_stream(_relay_of(inner), {**sent, "model": _answered_by(inner, sent)},
+                                            plan.prompt_tokens)
         return StreamingResponse(events, 200, _relayed_headers(inner), media_type="text/event-stream")
     _done(state, plan)
     payload = json.loads(bytes(inner.body))
-    return _json(anthropic.from_chat(payload, sent, plan.prompt_tokens), _relayed_headers(inner))
+    answer = anthropic.from_chat(payload, {**sent, "model": _answered_by(inner, sent)}, plan.prompt_tokens)
+    return _json(answer, _relayed_headers(inner))
 
 
 # --- passed through: embeddings, legacy completions -------------------------------------------

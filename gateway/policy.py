@@ -111,7 +111,7 @@ def resolve_target(
                              f"not this endpoint", param="model", code="model_not_supported")
     if provider not in allowed:
         raise PermissionDenied(f"this key may not use {model!r}", param="model")
-    if floor > 0.0:
+    if floor > 0.0 and mode != "embedding":  # embeddings are never routed: naming is the only way
         assert key is not None
         raise PermissionDenied(
             f"key {key.name!r} routes with a trade-off of at least {floor}, so it may not name a provider; "

@@ -158,9 +158,9 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
                          ("parallel_tool_calls", "parallel_tool_calls"), ("user", "user"), ("stream", "stream")):
         if body.get(ours) is not None:
             chat[theirs] = body[ours]
-    if body.get("max_output_tokens") is not None and (
-            not isinstance(body["max_output_tokens"], int) or isinstance(body["max_output_tokens"], bool)):
-        raise InvalidRequest("'max_output_tokens' must be an integer", param="max_output_tokens")
+    bound = body.get("max_output_tokens")
+    if bound is not None and (not isinstance(bound, int) or isinstance(bound, bool) or bound < 1):
+        raise InvalidRequest("'max_output_tokens' must be a positive integer", param="max_output_tokens")
     if body.get("tools"):
         chat["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
@@ -225,7 +225,7 @@ def from_chat(payload: dict[str, Any], request: dict[str, Any]) -> dict[str, Any
     for call in message.get("tool_calls") or ():
         fn = call.get("function") or {}
         output.append(_call_item(call.get("id") or _new_id("call"), fn.get("name", ""), fn.get("arguments", "")))
-    return response_object(_new_id("resp"), request, str(payload.get("model") or request.get("model")), output,
+    return response_object(_new_id("resp"), request, str(request.get("model") or payload.get("model")), output,
                            choice.get("finish_reason"), payload.get("usage"))
 
 
@@ -297,7 +297,6 @@ class ResponsesStream:
 
     def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
         out: list[bytes] = []
-        self.model = str(chunk.get("model") or self.model)
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():

@@ -25,6 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.config import parse_config
+from gateway.errors import ConfigError, InvalidRequest, PermissionDenied
+from gateway.policy import resolve_target
 from gateway.replay import REPLAY_PRICES
 from gateway.upstream import start_upstream
 from tests.gateway_fixture import provider, start_gateway
@@ -145,6 +148,7 @@ def test_responses_plain_routed_and_budgeted(client: openai.OpenAI, gateway: str
         temperature=0.3, metadata={"run": "t1"})
     resp = raw.parse()
     assert raw.headers["x-cscr-provider"] == "mistral-7b"  # the cheapest chat provider, not the embedder
+    assert resp.model == "mistral-7b"  # the gateway's name for who answered
     assert resp.object == "response" and resp.status == "completed" and resp.store is False
     assert "says:" in resp.output_text and resp.output[0].type == "message"
     assert resp.metadata == {"run": "t1"} and resp.instructions == "Answer in one word."
@@ -172,7 +176,8 @@ def test_responses_stream_events_and_spend(client: openai.OpenAI, gateway: str) 
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert kinds.count("response.output_text.delta") > 1 and "says:" in deltas
     final = events[-1].response
-    assert final.output_text == deltas and final.status == "completed"
+    assert final.output_text == deltas and final.status == "completed" and final.model == "gpt-4"
+    assert events[0].response.model == "gpt-4"
     assert final.usage is not None and final.usage.output_tokens > 0
     charged = _spent(gateway) - before
     assert charged == pytest.approx(_cost(GPT4, final.usage.input_tokens, final.usage.output_tokens), abs=1e-9)
@@ -453,3 +458,32 @@ def test_unsupported_endpoints_say_so(client: openai.OpenAI, gateway: str) -> No
     assert "not supported by this gateway" in err.value.message and "/v1/responses" in err.value.message
     r = httpx.post(gateway + "/v1/audio/speech", json={})
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+# --- config: mode ----------------------------------------------------------------------------------
+
+
+def test_mode_is_validated_and_needs_the_openai_protocol() -> None:
+    base = {"name": "e", "model": "openai/text-embedding-3-small", "api_base": "http://x/v1",
+            "input_usd_per_mtok": 0.02, "output_usd_per_mtok": 0.0}
+    assert parse_config({"providers": [{**base, "mode": "embedding"}]}, env={}).providers[0].mode == "embedding"
+    assert parse_config({"providers": [base]}, env={}).providers[0].mode == "chat"
+    with pytest.raises(ConfigError, match=r"providers\[0\]\.mode: must be chat, completion or embedding"):
+        parse_config({"providers": [{**base, "mode": "image"}]}, env={})
+    with pytest.raises(ConfigError, match=r"providers\[0\]\.mode: mode embedding needs an OpenAI-protocol"):
+        parse_config({"providers": [{**base, "mode": "embedding", "transport": "litellm"}]}, env={})
+
+
+def test_a_key_with_a_tradeoff_floor_may_name_an_embedding_provider() -> None:
+    cfg = parse_config({
+        "keys": [{"name": "cheap", "secret_sha256": "a" * 64, "tradeoff": 0.8}],
+        "providers": [provider("gpt-4", "openai/gpt-4", "http://x/v1"),
+                      provider("embedder", "openai/text-embedding-3-small", "http://x/v1", mode="embedding")]},
+        env={})
+    key = cfg.keys[0]
+    assert resolve_target(cfg, "embedder", key, {}, "embedding").providers[0].name == "embedder"
+    with pytest.raises(PermissionDenied):  # naming a chat provider still steps around the floor
+        resolve_target(cfg, "gpt-4", key, {})
+    with pytest.raises(InvalidRequest, match="serves /v1/embeddings"):
+        resolve_target(cfg, "embedder", None, {})
+    assert [p.name for p in resolve_target(cfg, "auto", None, {}).providers] == ["gpt-4"]
