@@ -60,6 +60,8 @@ def _content(where: str, content: Any) -> str | list[dict[str, Any]]:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text") and isinstance(part.get("text"), str):
             parts.append({"type": "text", "text": part["text"]})
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):  # an earlier output, sent back
+            parts.append({"type": "text", "text": part["refusal"]})
         elif kind == "input_image" and isinstance(part.get("image_url"), str):
             image = {"url": part["image_url"], **({"detail": part["detail"]} if part.get("detail") else {})}
             parts.append({"type": "image_url", "image_url": image})
@@ -78,7 +80,10 @@ def _item(i: int, item: Any, messages: list[dict[str, Any]]) -> None:
         role = item.get("role")
         if role not in ("user", "assistant", "system", "developer"):
             raise InvalidRequest(f"{where}.role must be user, assistant, system or developer", param=f"{where}.role")
-        messages.append({"role": role, "content": _content(f"{where}.content", item.get("content"))})
+        content = _content(f"{where}.content", item.get("content"))
+        if role == "assistant" and isinstance(content, list) and all(p["type"] == "text" for p in content):
+            content = "".join(p["text"] for p in content)  # chat's assistant turns are text (parts: not everywhere)
+        messages.append({"role": role, "content": content})
     elif kind == "function_call":
         call = {"id": item.get("call_id"), "type": "function",
                 "function": {"name": item.get("name"), "arguments": item.get("arguments")}}

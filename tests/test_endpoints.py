@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway import anthropic as anthropic_map
 from gateway.config import parse_config
 from gateway.errors import ConfigError, InvalidRequest, PermissionDenied
 from gateway.policy import resolve_target
@@ -210,6 +211,12 @@ def test_responses_tools_round_trip(client: openai.OpenAI, upstreams: tuple[str,
     sent = _last_upstream_body(upstreams[0], "gpt-4-1106-preview")
     assert sent["messages"][1]["tool_calls"][0]["id"] == call.call_id
     assert sent["messages"][2] == {"role": "tool", "tool_call_id": call.call_id, "content": "18C and sunny"}
+    # The SDK's documented pattern: the previous output items go back into the next input as they are.
+    history: Any = [{"role": "user", "content": "Hi"}, *[item.model_dump() for item in follow.output],
+                    {"role": "user", "content": "And tomorrow?"}]
+    client.responses.create(model="gpt-4", input=history)
+    sent = _last_upstream_body(upstreams[0], "gpt-4-1106-preview")
+    assert sent["messages"][1] == {"role": "assistant", "content": follow.output_text}
 
 
 def test_responses_streamed_tool_call(client: openai.OpenAI) -> None:
@@ -487,3 +494,34 @@ def test_a_key_with_a_tradeoff_floor_may_name_an_embedding_provider() -> None:
     with pytest.raises(InvalidRequest, match="serves /v1/embeddings"):
         resolve_target(cfg, "embedder", None, {})
     assert [p.name for p in resolve_target(cfg, "auto", None, {}).providers] == ["gpt-4"]
+
+
+def test_anthropic_mapping_of_blocks() -> None:
+    """The pure mapping, for the block kinds the replay upstream cannot tell apart."""
+    chat = anthropic_map.to_chat({
+        "model": "auto", "max_tokens": 5, "system": [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
+        "metadata": {"user_id": "u1"},
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "AAAA"}},
+                {"type": "text", "text": "what is it?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Let me check."},
+                                              {"type": "tool_use", "id": "t1", "name": "f", "input": {"x": 1}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "is_error": True,
+                                          "content": [{"type": "text", "text": "boom"}]},
+                                         {"type": "text", "text": "try again"}]},
+        ]})
+    assert chat["messages"][0] == {"role": "system", "content": "A\nB"}
+    image = {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}}
+    assert chat["messages"][1]["content"][0] == image
+    assert chat["messages"][2]["content"] == "Let me check." and chat["messages"][2]["tool_calls"][0]["id"] == "t1"
+    assert chat["messages"][3] == {"role": "tool", "tool_call_id": "t1", "content": "Error: boom"}
+    assert chat["messages"][4] == {"role": "user", "content": [{"type": "text", "text": "try again"}]}
+    assert chat["tool_choice"] == "required" and chat["parallel_tool_calls"] is False and chat["user"] == "u1"
+    with pytest.raises(InvalidRequest, match="max_tokens"):
+        anthropic_map.to_chat({"model": "auto", "messages": [{"role": "user", "content": "x"}]})
+    with pytest.raises(InvalidRequest, match=r"messages\[0\]\.content\[0\]"):
+        anthropic_map.to_chat({"model": "auto", "max_tokens": 5,
+                               "messages": [{"role": "user", "content": [{"type": "document"}]}]})
