@@ -107,6 +107,8 @@ def _config(up: str, legacy: str) -> dict[str, Any]:
             provider("legacy-cheap", "openai/babbage-002", legacy + "/v1", (0.4, 0.4), mode="completion"),
             provider("cutter", "openai/cutter", up, (1.0, 1.0)),  # its streams break after 4 events
             provider("slow", "openai/gpt-4-1106-preview#fault=chunk_delay:300", up, GPT4),  # 0.3 s per chunk
+            provider("gpt35-litellm", "openai/gpt-3.5-turbo-1106", up, REPLAY_PRICES["gpt-3.5-turbo-1106"],
+                     transport="litellm"),
         ],
     }
 
@@ -305,6 +307,17 @@ def test_responses_stream_abandoned_is_settled(gateway: str) -> None:
         time.sleep(0.05)
     assert 0 < _spent(gateway) - before < 0.01
     assert time.monotonic() - hung_up < 2  # settled on hang-up, not when the slow stream would have ended
+
+
+def test_translated_endpoints_over_the_litellm_transport(client: openai.OpenAI, gateway: str) -> None:
+    resp = client.responses.create(model="gpt35-litellm", input="Hello")
+    assert "says:" in resp.output_text and resp.usage is not None and resp.usage.output_tokens > 0
+    events = list(client.responses.create(model="gpt35-litellm", input="Hello", stream=True))
+    assert events[-1].type == "response.completed" and "says:" in events[-1].response.output_text
+    claude = anthropic.Anthropic(base_url=gateway, api_key=SECRET, max_retries=0)
+    with claude.messages.stream(model="gpt35-litellm", max_tokens=100,
+                                messages=[{"role": "user", "content": "Hello"}]) as stream:
+        assert "says:" in stream.get_final_text()
 
 
 # --- /v1/messages (Anthropic) -------------------------------------------------------------------
