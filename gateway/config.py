@@ -273,6 +273,10 @@ def _provider(r: _Reader, env: Mapping[str, str], litellm_prices: Any) -> Provid
         transport=transport,
         mode=mode,
     )
+    if mode != "chat" and (cfg.expert is not None or cfg.describe is not None or cfg.descriptor is not None):
+        # The router ranks chat providers; a descriptor would even be probed with chat prompts.
+        raise ConfigError(r.file, r._field("mode"), f"a mode {mode} provider is not routed by the router: "
+                          "give it no expert or descriptor")
     if mode != "chat" and not cfg.direct:
         # Embeddings and legacy completions are passed through as sent: OpenAI's protocol only.
         raise ConfigError(r.file, r._field("mode"), f"mode {mode} needs an OpenAI-protocol provider "

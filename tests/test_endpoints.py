@@ -492,6 +492,8 @@ def test_mode_is_validated_and_needs_the_openai_protocol() -> None:
         parse_config({"providers": [{**base, "mode": "image"}]}, env={})
     with pytest.raises(ConfigError, match=r"providers\[0\]\.mode: mode embedding needs an OpenAI-protocol"):
         parse_config({"providers": [{**base, "mode": "embedding", "transport": "litellm"}]}, env={})
+    with pytest.raises(ConfigError, match=r"providers\[0\]\.mode: a mode completion provider is not routed"):
+        parse_config({"providers": [{**base, "mode": "completion", "descriptor": "probe"}]}, env={})
 
 
 def test_a_key_with_a_tradeoff_floor_may_name_an_embedding_provider() -> None:
