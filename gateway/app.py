@@ -64,6 +64,14 @@ def _error_response(err: GatewayError, state: GatewayState | None, shape: str = 
     return _json(body, err.status, err.headers())
 
 
+def _is_tradeoff(model: str) -> bool:
+    """``auto@T`` with T in [0, 1]."""
+    try:
+        return model.startswith("auto@") and 0.0 <= float(model[5:]) <= 1.0
+    except ValueError:
+        return False
+
+
 # What a 404 lists: the API this gateway serves (anything else is "not supported", not just absent).
 SERVED = ("POST /v1/chat/completions, POST /v1/responses, POST /v1/messages, POST /v1/embeddings, "
           "POST /v1/completions, GET /v1/models, GET /v1/models/{id}")
@@ -159,7 +167,7 @@ def create_app(
         provider = cfg.provider(name)
         if provider is not None:
             owner = provider.model.split("/")[0]
-        elif name in auto_model_names() or name.startswith("auto@"):
+        elif name in auto_model_names() or _is_tradeoff(name):
             owner = "cscr-gateway"
         else:
             err = ModelNotFound(f"The model {name!r} does not exist; use 'auto' or one of: "

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.integration
 
 MASTER = "master-secret-for-endpoint-tests"
 SECRET = "sk-endpoints-test-key-0001"
+TINY = "sk-endpoints-test-key-tiny"  # a budget of $0.000001: an embedding fits, a chat does not
 GPT4 = REPLAY_PRICES["gpt-4-1106-preview"]
 MISTRAL = REPLAY_PRICES["mistralai/mistral-7b-chat"]
 EMBED_PRICE = (0.02, 0.0)
@@ -97,7 +98,8 @@ def _config(up: str, legacy: str) -> dict[str, Any]:
     return {
         "router": {"artifact": "none"},
         "server": {"master_key_env": "CSCR_MASTER", "deadline_s": 20},
-        "keys": [{"name": "alice", "secret_sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "budget_usd": 5.0}],
+        "keys": [{"name": "alice", "secret_sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "budget_usd": 5.0},
+                 {"name": "tiny", "secret_sha256": hashlib.sha256(TINY.encode()).hexdigest(), "budget_usd": 1e-6}],
         "providers": [
             provider("gpt-4", "openai/gpt-4-1106-preview", up, GPT4),
             provider("mistral-7b", "openai/mistralai/mistral-7b-chat", up, MISTRAL),
@@ -441,6 +443,20 @@ def test_embeddings_and_chat_keep_to_their_providers(client: openai.OpenAI) -> N
     assert err.value.body["param"] == "input"  # type: ignore[index]
 
 
+def test_every_endpoint_is_held_to_the_key_budget(gateway: str) -> None:
+    c = openai.OpenAI(base_url=gateway + "/v1", api_key=TINY, max_retries=0)
+    assert c.embeddings.create(model="embedder", input="hi").data  # ~1e-8 USD: fits
+    with pytest.raises(openai.RateLimitError) as err:
+        c.responses.create(model="auto", input="hi")
+    assert err.value.code == "budget_exceeded" and err.value.response.headers["x-should-retry"] == "false"
+    with pytest.raises(openai.RateLimitError):
+        c.completions.create(model="legacy", prompt="hi")
+    with pytest.raises(anthropic.RateLimitError) as refused:
+        anthropic.Anthropic(base_url=gateway, api_key=TINY, max_retries=0).messages.create(
+            model="auto", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+    assert "budget" in refused.value.body["error"]["message"]  # type: ignore[index]
+
+
 # --- /v1/completions (legacy) --------------------------------------------------------------------
 
 
@@ -467,6 +483,9 @@ def test_models_retrieve(client: openai.OpenAI) -> None:
     assert client.models.retrieve("gpt-4").id == "gpt-4"
     assert client.models.retrieve("auto:cheap").owned_by == "cscr-gateway"
     assert client.models.retrieve("auto@0.3").id == "auto@0.3"
+    for bad in ("auto@1.5", "auto@x"):
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve(bad)
     with pytest.raises(openai.NotFoundError) as err:
         client.models.retrieve("gpt-5-turbo")
     assert err.value.code == "model_not_found" and "gpt-5-turbo" in err.value.message
