@@ -19,9 +19,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import anthropic, endpoints
 from gateway.admin import admin_routes
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, ModelNotFound
 from gateway.forward import Forwarder
 from gateway.health import ProviderHealth
 from gateway.metrics import Metrics
@@ -56,11 +57,25 @@ def _json(body: Any, status: int, headers: Mapping[str, str] | None = None) -> R
     return Response(json.dumps(body).encode(), status, headers, media_type="application/json")
 
 
-def _error_response(err: GatewayError, state: GatewayState | None) -> Response:
+def _error_response(err: GatewayError, state: GatewayState | None, shape: str = "openai") -> Response:
     if state is not None:
         state.metrics.errors.labels(err.code or err.type).inc()
         state.metrics.requests.labels(str(err.status), "false").inc()
-    return _json(err.to_dict(), err.status, err.headers())
+    body = anthropic.error_body(err) if shape == "anthropic" else err.to_dict()
+    return _json(body, err.status, err.headers())
+
+
+def _is_tradeoff(model: str) -> bool:
+    """``auto@T`` with T in [0, 1]."""
+    try:
+        return model.startswith("auto@") and 0.0 <= float(model[5:]) <= 1.0
+    except ValueError:
+        return False
+
+
+# What a 404 lists: the API this gateway serves (anything else is "not supported", not just absent).
+SERVED = ("POST /v1/chat/completions, POST /v1/responses, POST /v1/messages, POST /v1/embeddings, "
+          "POST /v1/completions, GET /v1/models, GET /v1/models/{id}")
 
 
 class ContainErrors:
@@ -143,6 +158,30 @@ def create_app(
         except GatewayError as err:
             return _error_response(err, state)
 
+    def endpoint(handler: Any, shape: str = "openai") -> Any:
+        async def serve(request: Request) -> Response:
+            state = state_of(request)
+            try:
+                response: Response = await handler(state, request)
+                return response
+            except GatewayError as err:
+                return _error_response(err, state, shape)
+        return serve
+
+    async def one_model(request: Request) -> Response:
+        cfg = state_of(request).config
+        name = request.path_params["model"]
+        provider = cfg.provider(name)
+        if provider is not None:
+            owner = provider.model.split("/")[0]
+        elif name in auto_model_names() or _is_tradeoff(name):
+            owner = "cscr-gateway"
+        else:
+            err = ModelNotFound(f"The model {name!r} does not exist; use 'auto' or one of: "
+                                + ", ".join(p.name for p in cfg.providers), param="model")
+            return _json(err.to_dict(), err.status)
+        return JSONResponse({"id": name, "object": "model", "created": int(time.time()), "owned_by": owner})
+
     async def models(request: Request) -> Response:
         cfg = state_of(request).config
         created = int(time.time())
@@ -188,8 +227,10 @@ def create_app(
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        detail = (f"not supported by this gateway (it serves {SERVED})" if exc.status_code == 404
+                  else exc.detail)
         return JSONResponse(
-            {"error": {"message": f"{request.method} {request.url.path}: {exc.detail}",
+            {"error": {"message": f"{request.method} {request.url.path}: {detail}",
                        "type": "invalid_request_error", "param": None, "code": kind}},
             status_code=exc.status_code,
         )
@@ -198,6 +239,11 @@ def create_app(
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/chat/completions", chat, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", one_model, methods=["GET"]),
+        Route("/v1/responses", endpoint(endpoints.handle_responses), methods=["POST"]),
+        Route("/v1/messages", endpoint(endpoints.handle_messages, "anthropic"), methods=["POST"]),
+        Route("/v1/embeddings", endpoint(endpoints.handle_embeddings), methods=["POST"]),
+        Route("/v1/completions", endpoint(endpoints.handle_completions), methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

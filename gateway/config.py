@@ -20,6 +20,11 @@ import yaml
 from gateway.errors import ConfigError
 
 Transport = Literal["auto", "openai", "litellm"]
+# What a provider serves (litellm's ``model_info.mode`` names): chat completions (and the
+# Responses and Anthropic Messages endpoints, translated to chat), legacy text completions, or
+# embeddings. ``auto`` routes chat requests among the chat providers only.
+Mode = Literal["chat", "completion", "embedding"]
+MODES = ("chat", "completion", "embedding")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$")
 RESERVED_MODELS = ("auto",)
 
@@ -85,6 +90,7 @@ class ProviderConfig:
     descriptor: str | None = None  # file with this model's descriptor vector (a model the artifact lacks)
     describe: DescribeConfig | None = None  # or: the gateway makes the descriptor when the provider joins
     transport: Transport = "auto"
+    mode: Mode = "chat"
 
     @property
     def upstream_model(self) -> str:
@@ -257,6 +263,9 @@ def _provider(r: _Reader, env: Mapping[str, str], litellm_prices: Any) -> Provid
     transport = r.get("transport", str, "auto")
     if transport not in ("auto", "openai", "litellm"):
         raise ConfigError(r.file, r._field("transport"), "must be auto, openai or litellm")
+    mode = r.get("mode", str, "chat")
+    if mode not in MODES:
+        raise ConfigError(r.file, r._field("mode"), "must be chat, completion or embedding")
     in_price = r.number("input_usd_per_mtok", None, lo=0.0)
     out_price = r.number("output_usd_per_mtok", None, lo=0.0)
     if in_price is None or out_price is None:
@@ -282,7 +291,16 @@ def _provider(r: _Reader, env: Mapping[str, str], litellm_prices: Any) -> Provid
         descriptor=descriptor_file,
         describe=describe,
         transport=transport,
+        mode=mode,
     )
+    if mode != "chat" and (cfg.expert is not None or cfg.describe is not None or cfg.descriptor is not None):
+        # The router ranks chat providers; a descriptor would even be probed with chat prompts.
+        raise ConfigError(r.file, r._field("mode"), f"a mode {mode} provider is not routed by the router: "
+                          "give it no expert or descriptor")
+    if mode != "chat" and not cfg.direct:
+        # Embeddings and legacy completions are passed through as sent: OpenAI's protocol only.
+        raise ConfigError(r.file, r._field("mode"), f"mode {mode} needs an OpenAI-protocol provider "
+                          "(model openai/... with an api_base, or transport: openai)")
     r.done()
     return cfg
 

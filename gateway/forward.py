@@ -163,21 +163,22 @@ class DirectTransport:
             if session is not None:
                 await session.close()
 
-    def _request(self, provider: ProviderConfig, body: dict[str, Any]) -> tuple[str, dict[str, str], bytes]:
+    def _request(self, provider: ProviderConfig, body: dict[str, Any],
+                 path: str) -> tuple[str, dict[str, str], bytes]:
         assert provider.api_base is not None
-        url = provider.api_base.rstrip("/") + "/chat/completions"
+        url = provider.api_base.rstrip("/") + path
         headers = {"content-type": "application/json"}
         if provider.api_key:
             headers["authorization"] = f"Bearer {provider.api_key}"
         return url, headers, json.dumps({**body, "model": provider.upstream_model}).encode()
 
     async def _post(self, provider: ProviderConfig, body: dict[str, Any],
-                    timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+                    timeout: aiohttp.ClientTimeout, path: str = "/chat/completions") -> aiohttp.ClientResponse:
         """POST and wait for the response head. A keep-alive connection the server closed while it
         sat in the pool fails with a disconnect before any response byte; nothing reached the model,
         so that one failure is retried once on a new connection. A disconnect on a new connection
         is the provider's failure, as is anything after the response started."""
-        url, headers, data = self._request(provider, body)
+        url, headers, data = self._request(provider, body, path)
         ctx = {"reused": False}
         try:
             return await self._client().post(url, data=data, headers=headers, timeout=timeout, trace_request_ctx=ctx)
@@ -199,9 +200,18 @@ class DirectTransport:
                              status=502, retryable=True, provider=provider.name, kind="connection")
 
     async def complete(self, provider: ProviderConfig, body: dict[str, Any]) -> dict[str, Any]:
+        payload = await self.call(provider, "/chat/completions", body)
+        if not isinstance(payload.get("choices"), list):
+            raise _protocol_error(provider.name, "sent no choices")
+        return payload
+
+    async def call(self, provider: ProviderConfig, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` (model renamed) to ``path`` under the provider's api_base: the JSON object
+        it answers. Chat completions, and the endpoints passed through as sent (embeddings, legacy
+        completions), share the pool, the stale-connection retry and the error mapping."""
         timeout = aiohttp.ClientTimeout(total=provider.timeout_s)
         try:
-            async with await self._post(provider, body, timeout) as resp:
+            async with await self._post(provider, body, timeout, path) as resp:
                 status, raw = resp.status, await resp.read()
         except TimeoutError as exc:
             raise self._timeout_error(provider) from exc
@@ -213,8 +223,8 @@ class DirectTransport:
             payload = json.loads(raw)
         except ValueError as exc:
             raise _protocol_error(provider.name, "sent a body that is not JSON") from exc
-        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
-            raise _protocol_error(provider.name, "sent no choices")
+        if not isinstance(payload, dict):
+            raise _protocol_error(provider.name, "sent a body that is not a JSON object")
         return payload
 
     def _event(self, provider: ProviderConfig, payload: bytes) -> dict[str, Any]:

@@ -27,12 +27,14 @@ from dataclasses import dataclass
 
 from starlette.datastructures import Headers
 
-from gateway.config import GatewayConfig, KeyConfig, ProviderConfig
+from gateway.config import GatewayConfig, KeyConfig, Mode, ProviderConfig
 from gateway.errors import BudgetExceeded, InvalidRequest, ModelNotFound, PermissionDenied
 
 AUTO_PRESETS = {"auto:best": 0.0, "auto:balanced": 0.5, "auto:cheap": 1.0}
 MAX_COST_HEADER = "x-cscr-max-cost-usd"
 TRADEOFF_HEADER = "x-cscr-tradeoff"
+ENDPOINTS = {"chat": "/v1/chat/completions, /v1/responses and /v1/messages",
+             "completion": "/v1/completions", "embedding": "/v1/embeddings"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +68,17 @@ def _header_float(headers: Mapping[str, str], name: str, lo: float, hi: float) -
 
 
 def resolve_target(
-    config: GatewayConfig, model: str, key: KeyConfig | None, headers: Mapping[str, str]
+    config: GatewayConfig, model: str, key: KeyConfig | None, headers: Mapping[str, str], mode: Mode = "chat"
 ) -> Target:
-    """Which providers may serve this request and with what trade-off."""
+    """Which providers may serve this request and with what trade-off. ``mode`` is what the
+    endpoint needs (``ProviderConfig.mode``): ``auto`` routes among the providers of that mode only,
+    and a named provider of another mode is a 400 that says which endpoint serves it."""
     header_tradeoff = _header_float(headers, TRADEOFF_HEADER, 0.0, 1.0)
     floor = key.tradeoff if key is not None and key.tradeoff is not None else 0.0
     default = key.tradeoff if key is not None and key.tradeoff is not None else config.router.default_tradeoff
     allowed = [
         p for p in config.providers
-        if key is None or key.allowed_providers is None or p.name in key.allowed_providers
+        if (key is None or key.allowed_providers is None or p.name in key.allowed_providers) and p.mode == mode
     ]
     if model == "auto" or model in AUTO_PRESETS or model.startswith("auto@"):
         if model in AUTO_PRESETS:
@@ -91,6 +95,8 @@ def resolve_target(
         if header_tradeoff is not None:
             tradeoff = header_tradeoff
         if not allowed:
+            if not any(p.mode == mode for p in config.providers):
+                raise ModelNotFound(f"no provider is configured with mode: {mode}", param="model")
             raise PermissionDenied("this key may not use any provider", param="model")
         return Target(True, max(tradeoff, floor), tuple(allowed))
     provider = config.provider(model)
@@ -100,9 +106,12 @@ def resolve_target(
             + ", ".join(p.name for p in config.providers),
             param="model",
         )
+    if provider.mode != mode:
+        raise InvalidRequest(f"provider {model!r} serves {ENDPOINTS[provider.mode]} (mode: {provider.mode}), "
+                             f"not this endpoint", param="model", code="model_not_supported")
     if provider not in allowed:
         raise PermissionDenied(f"this key may not use {model!r}", param="model")
-    if floor > 0.0:
+    if floor > 0.0 and mode != "embedding":  # embeddings are never routed: naming is the only way
         assert key is not None
         raise PermissionDenied(
             f"key {key.name!r} routes with a trade-off of at least {floor}, so it may not name a provider; "

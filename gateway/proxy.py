@@ -114,11 +114,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def plan_request(state: GatewayState, request: Request) -> Plan:
+async def plan_request(state: GatewayState, request: Request,
+                       translate: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Plan:
+    """``translate`` turns another API's body into a chat body (``gateway.responses``,
+    ``gateway.anthropic``); it runs after authentication, so a stranger learns nothing from a 400."""
     started = time.perf_counter()
     config = state.config
     key = await state.store_op("key lookup", authenticate(config, state.store, request.headers))
     body = parse_body(await read_body(request, config.server.max_body_bytes), config.server.max_body_bytes)
+    if translate is not None:
+        body = translate(body)
     chat = validate_chat(body)
     target = resolve_target(config, chat.model, key, request.headers)
     prompt_tokens = count_messages(body["messages"], body.get("tools"), config.server.image_tokens)

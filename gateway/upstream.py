@@ -9,11 +9,15 @@ Faults are chosen per request, most specific first: the ``x-upstream-fault`` hea
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import logging
+import math
 import random
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -386,6 +390,40 @@ async def chat_completions(request: Request) -> Response:
     return Response(payload, headers=reply.headers, media_type="application/json")
 
 
+async def embeddings(request: Request) -> Response:
+    """Synthetic embeddings for tests: each input's vector is a deterministic hash of (model,
+    input), unit length, ``dimensions`` long (default 8). Not a model: similar texts are not close.
+    ``encoding_format: base64`` (the openai client's default) answers little-endian float32."""
+    state: UpstreamState = request.app.state.upstream
+    try:
+        body = json.loads(await request.body())
+        model, suffix = split_model(str(body["model"]))
+        inputs = body["input"] if isinstance(body["input"], list) and body["input"] and not isinstance(
+            body["input"][0], int) else [body["input"]]
+        dims = int(body.get("dimensions") or 8)
+        fault = state.choose_fault(request, model, suffix)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        return error_response(400, f"bad embeddings request: {exc}")
+    state.requests[model] += 1
+    state.last_body[model] = body
+    if fault is not None and fault.status is not None:
+        return error_response(fault.status, f"injected fault: status {fault.status} for model {model!r}")
+    data, tokens = [], 0
+    for i, item in enumerate(inputs):
+        text = item if isinstance(item, str) else " ".join(map(str, item))
+        tokens += len(state.encoding.encode(text, disallowed_special=())) if isinstance(item, str) else len(item)
+        seed = hashlib.sha256(f"{model}\0{text}".encode()).digest()
+        raw = [int.from_bytes(hashlib.sha256(seed + bytes([d % 256, d // 256])).digest()[:4], "little") / 2**32 - 0.5
+               for d in range(dims)]
+        norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+        vector = [v / norm for v in raw]
+        encoded: Any = (base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+                        if body.get("encoding_format") == "base64" else vector)
+        data.append({"object": "embedding", "index": i, "embedding": encoded})
+    return JSONResponse({"object": "list", "data": data, "model": body["model"],
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
 async def list_models(request: Request) -> JSONResponse:
     state: UpstreamState = request.app.state.upstream
     names = list(REPLAY_MODELS) + [m for m in state.rules if m != ANY_MODEL and m not in REPLAY_PRICES]
@@ -457,6 +495,7 @@ def create_app(config: UpstreamConfig, table: ReplayTable | None = None) -> Star
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/_stats", stats, methods=["GET", "DELETE"]),
