@@ -45,7 +45,7 @@ async def test_failures_in_a_row_cool_a_provider_down_then_one_request_probes_it
     assert await health.usable([a, b], named=False) == [b]
     with pytest.raises(ProviderCoolingDown) as err:
         await health.usable([a], named=True)
-    assert err.value.status == 503 and err.value.headers == {"retry-after": "1"}
+    assert err.value.status == 503 and err.value.headers() == {"retry-after": "1"}
     await asyncio.sleep(0.35)
     first, second = await asyncio.gather(health.usable([a, b], named=False), health.usable([a, b], named=False))
     assert sorted([first, second], key=len) == [[b], [a, b]]  # half-open: exactly one request probes
