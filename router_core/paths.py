@@ -38,9 +38,9 @@ def default_data_dir() -> Path:
             candidate = parent / "shared" / "data"
             if candidate.is_dir():
                 return candidate
+    places = " or ".join(dict.fromkeys(str(p) for p in (Path.cwd(), _PACKAGE_DIR.parent)))
     raise DataNotFoundError(
-        f"benchmark data not found: CSCR_DATA_DIR is unset and no shared/data above {Path.cwd()} "
-        f"or {_PACKAGE_DIR.parent}; {DATA_HELP}"
+        f"benchmark data not found: CSCR_DATA_DIR is unset and no shared/data above {places}; {DATA_HELP}"
     )
 
 
