@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,7 +109,7 @@ class Upstream:
                 raise RuntimeError(f"the replay upstream did not answer {url} within {timeout_s:.0f} s")
             time.sleep(0.05)
 
-    def watch(self, on_death: Any) -> None:
+    def watch(self, on_death: Callable[[], None]) -> None:
         """Call ``on_death()`` from a daemon thread if the child exits before ``stop()``."""
 
         def run() -> None:
@@ -139,13 +140,15 @@ def main(argv: list[str]) -> int:
     upstream = Upstream.start(args.with_upstream, args.log_level) if args.with_upstream is not None else None
     serving = threading.Event()
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        # uvicorn stops gracefully on SIGTERM, then re-raises it to the handler it found (this one):
-        # after serving, return so the upstream is stopped below; before, unwind to the same place.
+    def on_stop_signal(signum: int, frame: Any) -> None:
+        # uvicorn stops gracefully on SIGTERM / SIGINT, then re-raises the signal to the handler it
+        # found (this one): after serving, return so the upstream is stopped below and the exit status
+        # is 0 (no KeyboardInterrupt traceback on Ctrl-C); before, unwind to the same place.
         if not serving.is_set():
             raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, on_stop_signal)
     try:
         return _serve(args, upstream, serving)
     finally:
@@ -178,13 +181,13 @@ def _serve(args: argparse.Namespace, upstream: Upstream | None, serving: threadi
     if args.workers > 1 and config.store.startswith("memory://"):
         print("cscr serve: warning: --workers > 1 with a memory:// store gives each worker its own budgets; "
               "use a redis:// store to share them", file=sys.stderr)
-    serving.set()
     if args.workers > 1:
         # Workers are separate processes: each builds its app from the config path. The supervisor
         # stops them all on SIGTERM, which is how the watchdog stops it.
         os.environ["CSCR_CONFIG"] = str(args.config)
         if upstream is not None:
             upstream.watch(lambda: os.kill(os.getpid(), signal.SIGTERM))
+        serving.set()
         uvicorn.run("gateway.serve:app_factory", factory=True, host=args.host, port=args.port,
                     workers=args.workers, log_level=args.log_level, access_log=False,
                     timeout_graceful_shutdown=args.graceful_timeout)
@@ -194,11 +197,12 @@ def _serve(args: argparse.Namespace, upstream: Upstream | None, serving: threadi
                                                access_log=False, timeout_graceful_shutdown=args.graceful_timeout))
         if upstream is not None:
             upstream.watch(lambda: setattr(server, "should_exit", True))
+        serving.set()
         server.run()
         if not server.started and (upstream is None or not upstream.died.is_set()):
             return 3  # uvicorn's startup failure status (port taken, lifespan error); it logged why
     if upstream is not None and upstream.died.is_set():
-        print("cscr serve: stopped because the replay upstream died (its error is above)", file=sys.stderr)
+        print("cscr serve: stopped because the replay upstream died (see above)", file=sys.stderr)
         return 1
     return 0
 
