@@ -7,6 +7,9 @@ counts of ``prompt_text`` and of the recorded answer (the string inside the stor
 ``"['A']"``) and the models' list prices below: the residual is float rounding (< 3e-16 relative)
 on all 3,178 × 11 cells. So a replayed answer's usage, billed at ``REPLAY_PRICES``, reproduces the
 recorded cost.
+
+The package ships those columns for every row as ``gateway/data/routerbench_replay.parquet``
+(``BUNDLED_REPLAY``, ~1.2 MB, built by ``cscr replay-set``), so the upstream needs no benchmark data.
 """
 
 from __future__ import annotations
@@ -42,12 +45,25 @@ REPLAY_PRICES: dict[str, tuple[float, float]] = {
 }
 REPLAY_MODELS: tuple[str, ...] = tuple(REPLAY_PRICES)
 
+# Every recorded answer and cost of the 11 models, with the prompt, its id, task and split: what the
+# upstream replays and the tests pick prompts from. Rebuilt from the full data by ``cscr replay-set``.
+BUNDLED_REPLAY = Path(__file__).resolve().parent / "data" / "routerbench_replay.parquet"
+
 SYNTHETIC_TAG = "[synthetic reply from replay upstream: {reason}]"
 
 _SYNTHETIC_WORDS = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar "
     "papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
 ).split()
+
+
+def replay_columns(extra: tuple[str, ...] = ()) -> list[str]:
+    """The columns replay reads: ``sample_id``, ``prompt_text``, ``extra``, then each model's
+    ``|model_response`` and ``|total_cost``."""
+    names = ["sample_id", "prompt_text", *extra]
+    for m in REPLAY_MODELS:
+        names += [f"{m}|model_response", f"{m}|total_cost"]
+    return names
 
 
 def normalise_prompt(text: str) -> str:
@@ -104,13 +120,11 @@ class ReplayTable:
 
     @classmethod
     def load(cls, parquet: Path, encoding: tiktoken.Encoding | None = None) -> ReplayTable:
-        """Read the RouterBench subset parquet (``<data>/routerbench_subset/routerbench_subset.parquet``)."""
+        """Read ``BUNDLED_REPLAY`` or the full RouterBench subset parquet
+        (``<data>/routerbench_subset/routerbench_subset.parquet``): both hold ``replay_columns()``."""
         import pandas as pd
 
-        names = ["sample_id", "prompt_text"]
-        for m in REPLAY_MODELS:
-            names += [f"{m}|model_response", f"{m}|total_cost"]
-        frame = pd.read_parquet(parquet, columns=names)
+        frame = pd.read_parquet(parquet, columns=replay_columns())
         rows: dict[str, int] = {}
         for i, text in enumerate(frame["prompt_text"].tolist()):
             rows.setdefault(normalise_prompt(text), i)  # two prompts repeat; the first row wins

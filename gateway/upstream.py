@@ -38,6 +38,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.replay import (
+    BUNDLED_REPLAY,
     REPLAY_MODELS,
     REPLAY_PRICES,
     ReplayTable,
@@ -145,7 +146,7 @@ class UpstreamConfig:
     host: str = "127.0.0.1"
     port: int = 8100
     replay: str = "routerbench"  # or "none": synthetic answers only
-    data_dir: Path | None = None  # None: router_core.paths.default_data_dir(), at startup
+    data_dir: Path | None = None  # None: $CSCR_DATA_DIR if set, else the bundled replay set
     latency_ms: float = 0.0
     chunk_delay_ms: float = 0.0
     faults: tuple[tuple[str, str], ...] = ()
@@ -154,9 +155,18 @@ class UpstreamConfig:
 
 
 def routerbench_parquet(data_dir: Path | None) -> Path:
-    from router_core.paths import default_data_dir
+    """What the upstream replays: the full RouterBench subset of a data folder chosen by the user
+    (``data_dir``, else ``$CSCR_DATA_DIR``), else the replay set bundled in the package (the same
+    answers and costs, so a fresh clone needs no data). A chosen folder without the file is an error."""
+    from router_core.paths import explicit_data_dir
 
-    return (data_dir or default_data_dir()) / "routerbench_subset" / "routerbench_subset.parquet"
+    root = data_dir or explicit_data_dir()
+    if root is None:
+        return BUNDLED_REPLAY
+    path = root / "routerbench_subset" / "routerbench_subset.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"RouterBench subset not found: {path}")
+    return path
 
 
 @dataclass
@@ -591,7 +601,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="answer RouterBench prompts with recorded answers, or synthetic answers only",
     )
     parser.add_argument(
-        "--data", type=Path, default=None, help="data dir holding routerbench_subset/ (default: the shared data dir)"
+        "--data",
+        type=Path,
+        default=None,
+        help="replay the full routerbench_subset/ of this data folder (default: $CSCR_DATA_DIR if set, "
+        "else the replay set bundled in the package)",
     )
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before a response or first chunk")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between stream chunks")
@@ -636,7 +650,8 @@ def main(argv: list[str]) -> int:
         try:
             table = ReplayTable.load(routerbench_parquet(config.data_dir))
         except FileNotFoundError as exc:
-            print(f"cscr upstream: {exc} (pass --data DIR or --replay none)", file=sys.stderr)
+            print(f"cscr upstream: {exc} (fix --data / CSCR_DATA_DIR, or unset them to replay the bundled set)",
+                  file=sys.stderr)
             return 2
     logger.info(
         "replay upstream on http://%s:%d/v1 (%s)",

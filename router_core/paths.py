@@ -7,20 +7,40 @@ from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
+DATA_HELP = (
+    "the benchmark data (routerbench_subset/, mmlu_pro/, alpacaeval/) is needed only to train, evaluate and "
+    "describe routers; the gateway and the replay upstream run without it. Point CSCR_DATA_DIR (or --data) at "
+    "a copy of the project's shared data folder, or check the repository out beside it as ../shared/data "
+    "(README.md, 'Two commands')"
+)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The benchmark data folder is nowhere to be found; the message says where to get it."""
+
+
+def explicit_data_dir() -> Path | None:
+    """``$CSCR_DATA_DIR`` when set (the user chose a data folder), else None."""
+    env = os.environ.get("CSCR_DATA_DIR")
+    return Path(env) if env else None
+
 
 def default_data_dir() -> Path:
-    """The shared routing data: ``$CSCR_DATA_DIR``, else the first ``shared/data`` found walking up
-    from the working directory and from this package (the repository sits beside ``shared/``)."""
-    env = os.environ.get("CSCR_DATA_DIR")
-    if env:
-        return Path(env)
+    """The benchmark data: ``$CSCR_DATA_DIR``, else the first ``shared/data`` found walking up from
+    the working directory and from this package (the repository sits beside ``shared/``)."""
+    env = explicit_data_dir()
+    if env is not None:
+        if not env.is_dir():
+            raise DataNotFoundError(f"benchmark data not found: CSCR_DATA_DIR={env} is not a folder; {DATA_HELP}")
+        return env
     for start in (Path.cwd(), _PACKAGE_DIR):
         for parent in (start, *start.parents):
             candidate = parent / "shared" / "data"
             if candidate.is_dir():
                 return candidate
-    raise FileNotFoundError(
-        "routing data not found: set CSCR_DATA_DIR or pass --data (expected ../shared/data beside the repo)"
+    places = " or ".join(dict.fromkeys(str(p) for p in (Path.cwd(), _PACKAGE_DIR.parent)))
+    raise DataNotFoundError(
+        f"benchmark data not found: CSCR_DATA_DIR is unset and no shared/data above {places}; {DATA_HELP}"
     )
 
 

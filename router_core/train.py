@@ -336,32 +336,48 @@ def _package_versions() -> dict[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     d = RouterConfig()
     p = argparse.ArgumentParser(prog="cscr train", description=__doc__.split("\n")[0])
-    p.add_argument("--benchmark", required=True, choices=["routerbench", "mmlu_pro"])
-    p.add_argument("--data", type=Path, default=None, help="data directory (default: ../shared/data)")
-    p.add_argument("--split", default="in-dist", help="MMLU-Pro split: in-dist | ood")
-    p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
-    p.add_argument("--encoder", default=d.encoder, choices=sorted(ENCODERS))
-    p.add_argument("--loss", default=d.loss, choices=["cscr", "infonce"])
-    p.add_argument("--keys", default=d.keys, choices=["descriptor", "learned"])
+    p.add_argument("--benchmark", required=True, choices=["routerbench", "mmlu_pro"],
+                   help="benchmark to train on (required)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="benchmark data folder (default: $CSCR_DATA_DIR, else shared/data above the repository)")
+    p.add_argument("--split", default="in-dist", help="MMLU-Pro split: in-dist | ood (default: %(default)s)")
+    p.add_argument("--out", type=Path, required=True, help="artifact directory to write (required)")
+    p.add_argument("--encoder", default=d.encoder, choices=sorted(ENCODERS),
+                   help="frozen prompt encoder (default: %(default)s)")
+    p.add_argument("--loss", default=d.loss, choices=["cscr", "infonce"],
+                   help="cscr: cost-banded contrastive loss; infonce: plain InfoNCE (default: %(default)s)")
+    p.add_argument("--keys", default=d.keys, choices=["descriptor", "learned"],
+                   help="expert keys: projected model descriptors (new models can join) or free "
+                   "per-model vectors (default: %(default)s)")
     p.add_argument("--probes-file", type=Path, default=None,
                    help="probe set file of those descriptors (cscr describe probes --out FILE), shipped in the "
-                   "artifact so the gateway can probe a new model without the benchmark data")
+                   "artifact so the gateway can probe a new model without the benchmark data (default: none)")
     p.add_argument("--descriptor-dir", type=Path, default=None,
-                   help="descriptor files of every model (cscr describe ... --out DIR); default: accuracy fingerprints")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--hidden", type=int, default=d.hidden)
-    p.add_argument("--out-dim", type=int, default=d.out_dim)
-    p.add_argument("--n-bands", type=int, default=d.n_bands)
-    p.add_argument("--gamma", type=float, default=d.gamma)
-    p.add_argument("--alpha", type=float, default=d.alpha)
-    p.add_argument("--tau-min", type=float, default=d.tau_min)
-    p.add_argument("--tau", type=float, default=d.tau, help="plain InfoNCE temperature")
+                   help="descriptor files of every model (cscr describe ... --out DIR) (default: accuracy "
+                   "fingerprints computed from the training grades)")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="passes over the training prompts (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="prompts per batch (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of numpy, torch and the batch order (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=d.hidden,
+                   help="width of the head's hidden layer (default: %(default)s)")
+    p.add_argument("--out-dim", type=int, default=d.out_dim,
+                   help="dimension of the shared prompt/expert space (default: %(default)s)")
+    p.add_argument("--n-bands", type=int, default=d.n_bands,
+                   help="cost bands (quantiles of each prompt's model costs) of the cscr loss (default: %(default)s)")
+    p.add_argument("--gamma", type=float, default=d.gamma,
+                   help="cost penalty on the cscr logits: sim - gamma * cost (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=d.alpha,
+                   help="how much a band's mean cost raises its temperature (default: %(default)s)")
+    p.add_argument("--tau-min", type=float, default=d.tau_min,
+                   help="lowest band temperature of the cscr loss (default: %(default)s)")
+    p.add_argument("--tau", type=float, default=d.tau, help="plain InfoNCE temperature (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=None, help="experts searched at inference (default: all)")
-    p.add_argument("--max-train", type=int, default=None, help="use only this many training prompts")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-train", type=int, default=None,
+                   help="use only the first this many training prompts (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
     return p
 
 

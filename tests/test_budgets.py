@@ -22,10 +22,9 @@ import yaml
 
 from gateway.config import parse_config
 from gateway.keys import budget_account
-from gateway.replay import REPLAY_PRICES
+from gateway.replay import BUNDLED_REPLAY, REPLAY_PRICES
 from gateway.store import RedisStore
 from gateway.upstream import start_upstream
-from router_core.paths import default_data_dir
 from tests.gateway_fixture import provider, start_gateway, stop_processes
 from tests.redis_fixture import RedisServer, free_port, redis_server
 
@@ -36,7 +35,7 @@ MASTER = "master-secret-for-tests"
 
 @pytest.fixture(scope="module")
 def prompt() -> str:
-    df = pd.read_parquet(default_data_dir() / "routerbench_subset" / "routerbench_subset.parquet")
+    df = pd.read_parquet(BUNDLED_REPLAY)
     return str(df[df.split == "test"].iloc[3].prompt_text)
 
 

@@ -7,6 +7,8 @@ import pytest
 
 from router_core.data import Benchmark, load_benchmark, mmlu_pro_prompt, unseen_model_split
 
+pytestmark = pytest.mark.usefixtures("benchmark_data_dir")  # skipped, with the reason, without the data
+
 
 @pytest.fixture(scope="module")
 def routerbench() -> Benchmark:

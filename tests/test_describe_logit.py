@@ -18,7 +18,7 @@ from gateway.replay import REPLAY_PRICES
 from gateway.upstream import start_upstream
 from tests.gateway_fixture import provider, start_gateway
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.usefixtures("benchmark_data_dir")]
 N_PROBES = 16
 
 

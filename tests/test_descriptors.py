@@ -218,6 +218,7 @@ def test_mixed_pool_logit_and_text_footprints_share_one_index(smol: Any, gemma: 
     from descriptors.logit import mean_next_token_probs, text_footprint
     from router_core.index import ExpertIndex
 
+    _data_or_skip()
     probes = build_probe_set(n=32, seed=1)
     fs = FootprintSettings(new_tokens=10, max_prompt_tokens=64, batch_size=8)
     basis = probes.string_basis(len(probes))

@@ -14,9 +14,11 @@ from router_core.data import load_benchmark
 from router_core.evaluate import evaluate, main, prepare, run_routers
 
 FAST_ROUTERS = ["oracle", "random", "single", "knn", "kmeans", "ours"]
+needs_data = pytest.mark.usefixtures("benchmark_data_dir")  # skipped, with the reason, without the data
 
 
 @pytest.mark.slow  # ~5-12 s on 2 shared cores, mostly importing matplotlib and faiss
+@needs_data
 def test_eval_cli_writes_table_plot_json_and_decisions(tmp_path: Path) -> None:
     out = tmp_path / "res"
     dec = tmp_path / "decisions.csv"
@@ -38,6 +40,7 @@ def test_eval_cli_writes_table_plot_json_and_decisions(tmp_path: Path) -> None:
     assert {r["router"] for r in rows} >= {"oracle", "knn", "ours"}
 
 
+@needs_data
 def test_rescoring_decisions_reproduces_the_table(tmp_path: Path) -> None:
     """Anyone can re-score the decisions CSV: same points as the harness."""
     s = prepare("routerbench", encoder="random", max_prompts=200)
@@ -50,6 +53,7 @@ def test_rescoring_decisions_reproduces_the_table(tmp_path: Path) -> None:
     assert results["oracle"]["audc"].value >= knn.audc
 
 
+@needs_data
 def test_unseen_models_split_hides_labels_outside_the_probe_pool() -> None:
     s = prepare("mmlu_pro", split="unseen-models", encoder="random", max_prompts=400)
     assert len(s.unseen) == 10
@@ -63,6 +67,7 @@ def test_unseen_models_split_hides_labels_outside_the_probe_pool() -> None:
 
 
 @pytest.mark.slow
+@needs_data
 def test_contrastive_routers_run_in_the_harness() -> None:
     s = prepare("routerbench", encoder="random", max_prompts=300)
     decisions, results = evaluate(s, ["infonce", "cscr"], n_boot=10)
@@ -88,6 +93,7 @@ def test_kernel_shrink_follows_close_neighbours_and_falls_back_to_the_cluster() 
     np.testing.assert_allclose(cm.predict(np.array([40.0])), [[4.0, 5.0]], rtol=1e-6)
 
 
+@needs_data
 def test_reference_models_leave_the_pool_and_only_the_reference_oracle_reads_them() -> None:
     s = prepare("routerbench", encoder="random", max_prompts=400, reference_models=True)
     assert len(s.reference) == 4 and not set(s.reference) & set(s.bench.models)
@@ -102,6 +108,7 @@ def test_reference_models_leave_the_pool_and_only_the_reference_oracle_reads_the
         run_routers(prepare("routerbench", encoder="random", max_prompts=100), ["reference-oracle-lr"])
 
 
+@needs_data
 def test_reference_oracle_uses_the_grades_it_is_shown() -> None:
     """Shown a copy of one pool model's grades, the reference oracle predicts that model almost
     perfectly, while ours (random features) cannot; the harness routes better with it."""

@@ -13,9 +13,8 @@ import openai
 import pandas as pd
 import pytest
 
-from gateway.replay import REPLAY_PRICES
+from gateway.replay import BUNDLED_REPLAY, REPLAY_PRICES
 from gateway.upstream import start_upstream
-from router_core.paths import default_data_dir
 from tests.gateway_fixture import provider, start_gateway
 
 pytestmark = pytest.mark.integration
@@ -31,7 +30,7 @@ FAULTS = {
 
 @pytest.fixture(scope="module")
 def rb_row() -> pd.Series:
-    df = pd.read_parquet(default_data_dir() / "routerbench_subset" / "routerbench_subset.parquet")
+    df = pd.read_parquet(BUNDLED_REPLAY)
     return df[df.split == "test"].iloc[0]
 
 

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from gateway.replay import BUNDLED_REPLAY
 from gateway.upstream import start_upstream
-from router_core.paths import default_data_dir
 from tests.gateway_fixture import start_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def prompts() -> list[str]:
-    df = pd.read_parquet(default_data_dir() / "routerbench_subset" / "routerbench_subset.parquet")
+    df = pd.read_parquet(BUNDLED_REPLAY)
     test = df[df.split == "test"]
     # a few prompts of each task family
     return [str(p) for _, g in test.groupby("eval_name") for p in g.prompt_text.head(8)]

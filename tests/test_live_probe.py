@@ -35,7 +35,7 @@ def upstream() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def probes():  # type: ignore[no-untyped-def]
+def probes(benchmark_data_dir: Path):  # type: ignore[no-untyped-def]
     return build_probe_set("routerbench", n=12, seed=3)
 
 
@@ -127,6 +127,7 @@ def test_live_fingerprint_equals_the_recorded_one(upstream: str, probes) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("benchmark_data_dir")  # the CLI builds its probe set from the benchmark data
 def test_cli_writes_the_descriptor_and_a_json_report(upstream: str, tmp_path: Path) -> None:
     out = tmp_path / "d.json"
     prices = REPLAY_PRICES[MODEL]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.replay import REPLAY_PRICES
+from gateway.replay import BUNDLED_REPLAY, REPLAY_PRICES
 from gateway.upstream import start_upstream
 from tests.gateway_fixture import provider, start_gateway, stop_processes
 from tests.redis_fixture import free_port, redis_server
@@ -235,9 +235,7 @@ def _auto_decisions(base: str, prompts: list[str]) -> dict[str, int]:
 def _test_prompts(per_task: int) -> list[str]:
     import pandas as pd
 
-    from router_core.paths import default_data_dir
-
-    df = pd.read_parquet(default_data_dir() / "routerbench_subset" / "routerbench_subset.parquet")
+    df = pd.read_parquet(BUNDLED_REPLAY)
     return [str(p) for _, g in df[df.split == "test"].groupby("eval_name") for p in g.prompt_text.head(per_task)]
 
 

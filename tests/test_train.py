@@ -25,8 +25,8 @@ def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def _data_dir() -> Path:
     try:
         path = default_data_dir()
-    except FileNotFoundError:
-        pytest.skip("shared routing data not found")
+    except FileNotFoundError as exc:
+        pytest.skip(f"needs the full benchmark data: {exc}")
     if not (path / "routerbench_subset" / "routerbench_subset.parquet").exists():
         pytest.skip("RouterBench subset not found")
     return path

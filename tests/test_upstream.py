@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,7 +12,14 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from gateway.replay import REPLAY_MODELS, REPLAY_PRICES, ReplayTable, model_candidates, resolve_model
+from gateway.replay import (
+    BUNDLED_REPLAY,
+    REPLAY_MODELS,
+    REPLAY_PRICES,
+    ReplayTable,
+    model_candidates,
+    resolve_model,
+)
 from gateway.upstream import (
     Fault,
     FaultSpecError,
@@ -31,10 +39,7 @@ COST_REL_TOL = 1e-9  # usage x REPLAY_PRICES vs the recorded cost: exact up to f
 
 @pytest.fixture(scope="session")
 def table() -> ReplayTable:
-    try:
-        return ReplayTable.load(routerbench_parquet(None))
-    except FileNotFoundError as exc:
-        pytest.skip(f"RouterBench data not available: {exc}")
+    return ReplayTable.load(BUNDLED_REPLAY)  # ships in the package: no benchmark data needed
 
 
 @pytest.fixture(scope="session")
@@ -370,3 +375,47 @@ def test_server_wide_fail_rate_and_no_replay() -> None:
         assert set(outcomes) == {200, 502} and 5 < outcomes.count(502) < 25
     finally:
         stop()
+
+
+# --- where the replayed answers come from --------------------------------------------------------
+
+
+def test_bundled_set_is_the_default_and_a_chosen_data_folder_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CSCR_DATA_DIR", raising=False)
+    assert routerbench_parquet(None) == BUNDLED_REPLAY and BUNDLED_REPLAY.stat().st_size < 3_000_000
+    full = tmp_path / "routerbench_subset" / "routerbench_subset.parquet"
+    full.parent.mkdir()
+    full.write_bytes(b"")
+    assert routerbench_parquet(tmp_path) == full
+    monkeypatch.setenv("CSCR_DATA_DIR", str(tmp_path))
+    assert routerbench_parquet(None) == full
+    monkeypatch.setenv("CSCR_DATA_DIR", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="RouterBench subset not found"):
+        routerbench_parquet(None)
+    assert main(["--port", "0"]) == 2  # a chosen folder without the data: one line, exit 2
+
+
+def test_bundled_set_holds_every_recorded_answer_and_cost(table: ReplayTable, benchmark_data_dir: Path) -> None:
+    from gateway.replay_set import SOURCE, differences
+
+    assert differences(benchmark_data_dir / SOURCE, BUNDLED_REPLAY) == []  # `cscr replay-set --check`
+    assert len(table) == 3176  # 3,178 rows, two prompts repeat
+
+
+def test_no_benchmark_data_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main as cscr
+    from router_core import paths
+
+    monkeypatch.delenv("CSCR_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(paths, "_PACKAGE_DIR", tmp_path / "pkg")
+    with pytest.raises(paths.DataNotFoundError, match="CSCR_DATA_DIR is unset and no shared/data above"):
+        paths.default_data_dir()
+    monkeypatch.setenv("CSCR_DATA_DIR", str(tmp_path / "nowhere"))
+    assert cscr(["train", "--benchmark", "routerbench", "--out", str(tmp_path / "a"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cscr train: benchmark data not found" in err[0] and "CSCR_DATA_DIR" in err[0]
