@@ -101,12 +101,16 @@ class KernelShrinkPolicy:
         check_descriptor(self.descriptor_spec, descriptor, f"descriptor of {name}")
         self.add_answers(name, np.asarray(descriptor.vector, dtype=np.float64))
 
-    def add_answers(self, name: str, answers: np.ndarray) -> None:
-        """``add_expert`` on a bare answer vector (evaluation; the space is the caller's to check)."""
+    def add_answers(self, name: str, answers: np.ndarray, impute: bool = True) -> None:
+        """``add_expert`` on a bare answer vector (evaluation; the space is the caller's to check).
+        ``impute``: fill the prompts it was not asked from its peers (``peer_fill``)."""
         answers = np.asarray(answers, dtype=np.float64).reshape(-1)
         if answers.shape[0] != self._labels.shape[0]:
             raise DescriptorError(f"descriptor has {answers.shape[0]} answers; this artifact has "
                                   f"{self._labels.shape[0]} probe prompts")
+        if impute:
+            peers = [j for j, e in enumerate(self.experts) if e != name]
+            answers = peer_fill(self._labels[:, peers], self._observed[:, peers], answers)
         seen = np.isfinite(answers)
         labels, observed = self._labels, self._observed
         if name in self.experts:
@@ -144,6 +148,31 @@ class KernelShrinkPolicy:
         floor = min((s.score for s in order), default=0.0) - 1.0
         order += [Scored(c.name, floor - i, None, c.cost) for i, c in enumerate(unknown)]
         return Ranking(order=tuple(order), policy=self.name)
+
+
+def peer_fill(labels: np.ndarray, observed: np.ndarray, answers: np.ndarray, ridge: float = 1.0,
+              min_answers: int = 20) -> np.ndarray:
+    """A new model's answers completed from its peers: on the prompts it was not asked, a ridge
+    regression of its grades on the known models' labels of the same prompt (fitted on the prompts it
+    answered), clipped to [0, 1]; NaN stays where it was asked nothing useful (fewer than
+    ``min_answers`` answers: nothing is fitted).
+
+    Why: a few hundred graded probes say well how strong a model is and whom it resembles, but they
+    are too few to be the only neighbours of a prompt: with only its own 200 answers as labels the
+    kernel falls back to coarse cluster means for it (measured: 1.3 % below in-distribution AUDC on
+    MMLU-Pro's unseen models). Its peers' labels, which cover every probe prompt, carry the
+    per-prompt difficulty; the regression transfers it at the newcomer's own level."""
+    asked = np.isfinite(answers)
+    if asked.sum() < min_answers or labels.shape[1] == 0:
+        return answers
+    col_mean = np.where(observed, labels, 0.0).sum(axis=0) / np.maximum(observed.sum(axis=0), 1)
+    x = np.where(observed, labels, col_mean[None, :])  # (R, M) peers' labels, unknown -> their mean
+    x1 = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
+    xa, ya = x1[asked], answers[asked]
+    reg = ridge * np.eye(x1.shape[1])
+    reg[-1, -1] = 0.0  # the intercept is not shrunk
+    coef = np.linalg.solve(xa.T @ xa + reg, xa.T @ ya)
+    return np.where(asked, answers, np.clip(x1 @ coef, 0.0, 1.0))
 
 
 def tradeoff_table(p_hat: np.ndarray, cost: np.ndarray, n: int = 101) -> tuple[list[float], dict[str, float]]:

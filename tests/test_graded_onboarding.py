@@ -117,8 +117,9 @@ async def test_the_default_router_refuses_a_perplexity_descriptor_by_field(tmp_p
     policy = load_routing_policy()
     path = tmp_path / "old.perplexity.json"
     Descriptor([0.6, 0.8], "perplexity", "routerbench-n192-s0-c5d4cbe984da", "smollm2-135m@0.1.2", "m").save(path)
-    config = parse_config({"providers": [{"name": "old", "model": "openai/x", "api_base": "http://x/v1",
-                                          "input_usd_per_mtok": 1, "output_usd_per_mtok": 1, "descriptor": str(path)}]}, env={})
+    old = {"name": "old", "model": "openai/x", "api_base": "http://x/v1", "input_usd_per_mtok": 1,
+           "output_usd_per_mtok": 1, "descriptor": str(path)}
+    config = parse_config({"providers": [old]}, env={})
     problems = await install_experts(config, MemoryStore(), policy, {})
     assert len(problems) == 1 and "rejected" in problems[0] and "field 'kind'" in problems[0], problems
 
@@ -178,3 +179,22 @@ def test_newcomer_probed_on_arrival_routes_with_the_default_router(tmp_path: Pat
         assert picked.get("newcomer", 0) > len(prompts) // 2, picked
     finally:
         stop()
+
+
+def test_peer_fill_completes_a_newcomer_from_the_models_it_resembles() -> None:
+    """A copy of a known model, graded on 200 prompts, is completed close to that model's labels."""
+    from router_core.kernel_policy import peer_fill
+
+    rng = np.random.default_rng(0)
+    difficulty = rng.random(2000)
+    labels = (rng.random((2000, 4)) < np.clip(difficulty[:, None] + [-0.3, -0.1, 0.1, 0.3], 0, 1)).astype(float)
+    answers = np.full(2000, np.nan)
+    asked = rng.choice(2000, 200, replace=False)
+    answers[asked] = labels[asked, 2]  # the newcomer answers as model 2 does
+    filled = peer_fill(labels, np.ones(labels.shape, dtype=bool), answers)
+    assert np.array_equal(filled[asked], answers[asked]) and np.all((filled >= 0) & (filled <= 1))
+    rest = np.setdiff1d(np.arange(2000), asked)
+    assert np.corrcoef(filled[rest], labels[rest, 2])[0, 1] > 0.9
+    few = np.full(2000, np.nan)
+    few[:5] = 1.0
+    assert np.isnan(peer_fill(labels, np.ones(labels.shape, dtype=bool), few)[5:]).all()  # too few: nothing fitted
