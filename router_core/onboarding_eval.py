@@ -92,14 +92,18 @@ def _policy(s: Setup, seen: np.ndarray) -> KernelShrinkPolicy:
     return KernelShrinkPolicy(router, experts, [0.0, 1.0], "hash", s.train_emb, labels, observed)
 
 
-def onboarded_p_hat(s: Setup, n: int, seed: int = 0) -> tuple[np.ndarray, dict[str, object]]:
-    """(N_test, M) p̂ with the unseen models added through ``add_expert`` (graded descriptors)."""
+def onboarded_p_hat(s: Setup, n: int, seed: int = 0, peer_fill: bool = True) -> tuple[np.ndarray, dict[str, object]]:
+    """(N_test, M) p̂ with the unseen models added through ``add_expert`` (graded descriptors);
+    ``peer_fill=False``: the ablation without completing them from their peers."""
     seen = np.array([m not in s.unseen for m in s.bench.models])
     policy = _policy(s, seen)
     grades, observed, report = graded_answers(s, n, seed)
     spec = policy.descriptor_spec
     for j in np.flatnonzero(~seen):
         vector = np.where(observed[:, j], grades[:, j], np.nan)
+        if not peer_fill:
+            policy.add_answers(s.bench.models[j], vector, impute=False)
+            continue
         policy.add_expert(s.bench.models[j], Descriptor([float(v) for v in vector], spec.kind, spec.probe_set,
                                                         spec.scorer, s.bench.models[j], dict(spec.settings)))
     p = policy.router.predict(s.test_emb)
@@ -113,7 +117,8 @@ def _full_p_hat(s: Setup) -> np.ndarray:
     return router.predict(s.test_emb)
 
 
-def run(ns: Sequence[int], n_boot: int, encoder: str, draws: Sequence[int] = (0,)) -> tuple[str, dict[str, object]]:
+def run(ns: Sequence[int], n_boot: int, encoder: str, draws: Sequence[int] = (0,),
+        peer_fill: bool = True) -> tuple[str, dict[str, object]]:
     """Every router's decisions on the test prompts, bootstrap intervals, paired differences to
     in-distribution; one onboarded row per (N, probe draw seed)."""
     started = time.perf_counter()
@@ -125,7 +130,7 @@ def run(ns: Sequence[int], n_boot: int, encoder: str, draws: Sequence[int] = (0,
     for n in ns:
         for draw in draws:
             tag = f"N={n}" + (f", draw {draw}" if len(draws) > 1 else "")
-            p, reports[tag] = onboarded_p_hat(s, n, draw)
+            p, reports[tag] = onboarded_p_hat(s, n, draw, peer_fill)
             choices[f"onboarded, graded on {tag}"] = sweep(p, c_hat)
     mc = model_costs(s.train.cost)
     full = np.ones(s.train.quality.shape, dtype=bool)
@@ -141,7 +146,8 @@ def run(ns: Sequence[int], n_boot: int, encoder: str, draws: Sequence[int] = (0,
     base = "in-distribution (full labels)"
     diffs = {k: paired_difference(v, choices[base], s.test.quality, s.test.cost, n_boot, 0)
              for k, v in choices.items() if k != base}
-    return _report(s, results, diffs, reports, ns, draws, n_boot, encoder, time.perf_counter() - started)
+    text, data = _report(s, results, diffs, reports, ns, draws, n_boot, encoder, time.perf_counter() - started)
+    return (text if peer_fill else text.replace("`.\n", " --no-peer-fill`.\n")), {**data, "peer_fill": peer_fill}
 
 
 def _report(s: Setup, results: dict[str, dict[str, Interval]], diffs: dict[str, Interval],
@@ -172,11 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, nargs="+", default=[100, 200, 400, 2026])
     parser.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2], help="seeds of the probe draw")
     parser.add_argument("--encoder", default="static-minilm")
+    parser.add_argument("--no-peer-fill", action="store_true", help="ablation: add_answers without peer_fill")
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("docs/results/mmlu_pro-graded-onboarding"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    text, data = run(args.n, args.bootstrap, args.encoder, args.draws)
+    text, data = run(args.n, args.bootstrap, args.encoder, args.draws, not args.no_peer_fill)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(text)
     (args.out / "results.json").write_text(json.dumps(data, indent=1))
