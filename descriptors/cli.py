@@ -9,6 +9,9 @@
     cscr describe live       --model openai/gpt-4o-mini [--api-base URL] [--api-key-env VAR]
                              --input-usd-per-mtok 0.15 --output-usd-per-mtok 0.6 --max-cost-usd 0.5
                              [--concurrency 4] [--retries 2] [--name NAME]  --out DIR | --out-file FILE
+    cscr describe graded     --probes ARTIFACT/graded_probes.json.gz --model openai/gpt-4o-mini [--n 200] [--seed 0]
+                             (price, cap and retry options as for live)  --out DIR | --out-file FILE
+                             (graded answers on a kernel-shrink artifact's probes: its descriptor space)
     cscr describe bench      [--n 64] [--logit gemma3-270m]
 
 Each descriptor goes to ``<out>/<model>.<kind>.json`` (``/`` in a model name becomes ``__``).
@@ -21,8 +24,12 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from descriptors.probes import DEFAULT_N, DEFAULT_SEED, ProbeSet
+
+if TYPE_CHECKING:  # the live prober imports asyncio machinery only when used
+    from descriptors.live import LiveTarget, ProbeSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--out", type=Path, required=True)
     lv = sub.add_parser("live", help="perplexity fingerprint of a provider probed live through litellm")
     common(lv)
+    _live_options(lv)
+    gr = sub.add_parser("graded", help="graded descriptor of a provider: its answers to a router's gradable probes")
+    gr.add_argument("--probes", type=Path, required=True, help="the artifact's graded_probes.json.gz")
+    gr.add_argument("--n", type=int, default=200, help="probes drawn (stratified by task)")
+    gr.add_argument("--seed", type=int, default=0)
+    _live_options(gr)
+    b = sub.add_parser("bench", help="scorer answers/s and peak RSS")
+    common(b)
+    b.set_defaults(n=64)
+    b.add_argument("--model", action="append", default=[], help="recorded model to score (default: first two)")
+    b.add_argument("--logit", action="append", default=[], help="also time this model's footprint")
+    return p
+
+
+def _live_options(lv: argparse.ArgumentParser) -> None:
+    """Options of the subcommands that probe a provider live (``live``, ``graded``)."""
     lv.add_argument("--model", required=True, help="litellm model string, e.g. openai/gpt-4o-mini")
     lv.add_argument("--api-base", default=None)
     lv.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
@@ -98,14 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--name", default=None, help="model name recorded in the file (default: --model)")
     lv.add_argument("--no-progress", action="store_true")
     dest = lv.add_mutually_exclusive_group(required=True)
-    dest.add_argument("--out", type=Path, help="directory (file <name>.perplexity.json)")
+    dest.add_argument("--out", type=Path, help="directory (file <name>.<kind>.json)")
     dest.add_argument("--out-file", type=Path, help="exact file to write")
-    b = sub.add_parser("bench", help="scorer answers/s and peak RSS")
-    common(b)
-    b.set_defaults(n=64)
-    b.add_argument("--model", action="append", default=[], help="recorded model to score (default: first two)")
-    b.add_argument("--logit", action="append", default=[], help="also time this model's footprint")
-    return p
 
 
 def main(argv: list[str]) -> int:
@@ -119,6 +136,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(result, indent=1))
         return 0
 
+    if args.command == "graded":
+        return _graded(args)
     from descriptors.probes import build_probe_set
 
     if args.probes is not None:
@@ -218,4 +237,42 @@ def _live(args: argparse.Namespace, probes: ProbeSet) -> int:
     path = args.out_file or _out_path(args.out, name, d.kind)
     d.save(path)
     print(json.dumps({"ok": True, "file": str(path), "probe_set": d.probe_set, "scorer": d.scorer, **run.summary()}))
+    return 0
+
+
+def _target(args: argparse.Namespace) -> tuple[LiveTarget, ProbeSettings]:
+    """(LiveTarget, ProbeSettings) from the live options; the API key only from the environment."""
+    import os
+
+    from descriptors.live import LiveTarget, ProbeSettings
+
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise SystemExit(f"cscr describe {args.command}: environment variable {args.api_key_env} is not set")
+    target = LiveTarget(args.model, args.api_base, api_key, args.input_usd_per_mtok, args.output_usd_per_mtok,
+                        args.timeout_s)
+    settings = ProbeSettings(concurrency=args.concurrency, retries=args.retries, max_cost_usd=args.max_cost_usd,
+                             max_tokens=args.max_tokens)
+    return target, settings
+
+
+def _graded(args: argparse.Namespace) -> int:
+    from descriptors.graded import graded_descriptor
+    from descriptors.types import DescriptorError
+    from router_core.graded import GradedProbes
+
+    target, settings = _target(args)
+    name = args.name or args.model
+    try:
+        d, run, report = graded_descriptor(name, target, GradedProbes.load(args.probes), args.n, args.seed, settings,
+                                           max_missing=args.max_missing, progress=not args.no_progress)
+    except DescriptorError as exc:
+        print(json.dumps({"ok": False, "error": str(exc)}))
+        return 2
+    path = args.out_file or _out_path(args.out, name, d.kind)
+    d.save(path)
+    print(json.dumps({"ok": True, "file": str(path), "probe_set": d.probe_set, "scorer": d.scorer,
+                      **run.summary(), **report.summary()}))
     return 0

@@ -60,8 +60,10 @@ class RouterConfig:
 class DescribeConfig:
     """How the gateway makes a provider's descriptor itself when it joins (``descriptor:`` mapping).
 
-    ``probe``: send the router's probe prompts to the provider through litellm and fingerprint the
-    answers with the scorer LM (perplexity kind), spending at most ``max_cost_usd``.
+    ``probe``: send the router's probe prompts to the provider through litellm, spending at most
+    ``max_cost_usd``, and make the descriptor the router's space needs: graded answers on
+    ``n_probes`` gradable probes (seed ``seed``) for a kernel-shrink router, a perplexity fingerprint
+    of the answers (scorer LM) for a perplexity-keyed CSCR router.
     ``logit``: the logit footprint of a local open-weight model (``lm``: a packaged model name or
     a transformers directory); costs CPU, no money.
     """
@@ -74,6 +76,8 @@ class DescribeConfig:
     max_tokens: int = 256
     max_missing: float = 0.25  # refuse a fingerprint when more of the probes than this fail
     timeout_s: float = 3600.0  # the whole job (probing + scoring)
+    n_probes: int = 200  # graded space: how many gradable probes are asked (stratified by task)
+    seed: int = 0  # graded space: which ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +311,7 @@ def _provider(r: _Reader, env: Mapping[str, str], litellm_prices: Any) -> Provid
 
 def _descriptor(r: _Reader) -> tuple[str | None, DescribeConfig | None]:
     """``descriptor:`` is a file path, ``probe`` (defaults), or a mapping with one of ``file``,
-    ``probe: {max_cost_usd, concurrency, retries, max_tokens, max_missing, timeout_s}`` or
+    ``probe: {max_cost_usd, concurrency, retries, max_tokens, max_missing, timeout_s, n_probes, seed}`` or
     ``logit: {lm, timeout_s}`` (or ``logit: LM``). Shorthands are expanded first, then read once."""
     r.seen.add("descriptor")
     raw = r.raw.get("descriptor")
@@ -341,6 +345,8 @@ def _descriptor(r: _Reader) -> tuple[str | None, DescribeConfig | None]:
             max_tokens=int(sub.number("max_tokens", base.max_tokens, lo=1)),
             max_missing=sub.number("max_missing", base.max_missing, lo=0.0, hi=1.0),
             timeout_s=sub.number("timeout_s", base.timeout_s, lo=1.0),
+            n_probes=int(sub.number("n_probes", base.n_probes, lo=1, hi=100_000)),
+            seed=int(sub.number("seed", base.seed, lo=0)),
         )
     else:
         out = DescribeConfig("logit", lm=sub.get("lm", str, required=True),

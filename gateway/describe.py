@@ -1,12 +1,15 @@
 """Descriptors made on arrival: a provider that joins with ``descriptor: probe`` (or ``logit:``) gets
 its descriptor computed by the gateway, in the background, once for all replicas.
 
-- **What is made** follows the router: its artifact says which descriptor space its keys come from
-  (``descriptor_spec``: kind, probe set, scorer). ``probe`` makes a perplexity fingerprint by
-  sending the probe prompts to the provider through litellm under a hard cost cap
-  (``cscr describe live``); ``logit`` makes the logit footprint of a local open-weight model
-  (``cscr describe logit``). A method whose kind is not the router's space is refused with a
-  visible problem (its vectors would not be comparable with the other keys).
+- **What is made** follows the router: its ``descriptor_spec`` (``router_core.types.DescriptorSpec``:
+  kind, probe set, scorer, version) says which space its experts live in. ``probe`` sends probe
+  prompts to the provider through litellm under a hard cost cap and makes, for a **graded** router
+  (the default kernel-shrink), the provider's graded answers on ``n_probes`` of the artifact's
+  gradable probes (``cscr describe graded``); for a **perplexity** router (the CSCR artifact), the
+  perplexity fingerprint of its answers (``cscr describe live``). ``logit`` makes the logit
+  footprint of a local open-weight model (``cscr describe logit``). A method that cannot make the
+  router's kind is refused with a visible problem, and what a job made is checked against the spec
+  with the one rule (``DescriptorSpec.incompatibility``) before it is stored.
 - **Where it runs**: in a child process (``python -m gateway.cli describe ...``): the scorer LM
   (~2 GB) and torch never enter the serving process, and a crash there cannot take it down. The
   provider's API key goes to the child in its environment, never on its command line.
@@ -40,20 +43,24 @@ from typing import Any
 
 from gateway.config import ProviderConfig
 from gateway.store import Store
+from router_core.types import Descriptor, DescriptorError, DescriptorSpec
 
 log = logging.getLogger(__name__)
 
 DESCRIPTOR_DOCS = "descriptors"
 RETRY_FAILED_S = 600.0
 _PROBE_SET = re.compile(r"^(?P<bench>[a-z_]+)-n(?P<n>\d+)-s(?P<seed>\d+)-[0-9a-f]{12}$")
-_METHOD_KIND = {"probe": "perplexity", "logit": "logit"}
+_METHOD_KINDS = {"probe": ("graded", "perplexity"), "logit": ("logit",)}
 
 
-def cache_key(p: ProviderConfig, spec: dict[str, Any]) -> str:
-    """Store name of ``p``'s descriptor: (provider, model string, probe set, scorer), hashed."""
+def cache_key(p: ProviderConfig, spec: DescriptorSpec) -> str:
+    """Store name of ``p``'s descriptor: (provider, model string, descriptor space, and for the graded
+    space which probes were drawn), hashed."""
     assert p.describe is not None
-    scorer = spec.get("scorer") if p.describe.method == "probe" else f"logit:{p.describe.lm}"
-    blob = json.dumps([p.name, p.model, spec.get("probe_set"), scorer, spec.get("settings", {})], sort_keys=True)
+    scorer = spec.scorer if p.describe.method == "probe" else f"logit:{p.describe.lm}"
+    drawn = [p.describe.n_probes, p.describe.seed] if spec.kind == "graded" else []
+    blob = json.dumps([p.name, p.model, spec.probe_set, scorer, dict(spec.settings), spec.version, *drawn],
+                      sort_keys=True)
     return f"{p.name}:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
@@ -64,31 +71,58 @@ def attempt_id(p: ProviderConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def incompatibility(p: ProviderConfig, spec: dict[str, Any] | None) -> str | None:
+def incompatibility(p: ProviderConfig, spec: DescriptorSpec | None) -> str | None:
     """Why the router cannot take what ``p.describe`` makes (None: it can)."""
     assert p.describe is not None
     if spec is None:
-        return "the router artifact does not say which descriptor space its keys use (retrain with --descriptor-dir)"
-    want = _METHOD_KIND[p.describe.method]
-    if spec.get("kind") != want:
-        return (f"the router's keys come from {spec.get('kind')} descriptors; a {want} descriptor "
-                f"({p.describe.method}) would not be comparable. Give a descriptor file of that kind")
-    if not _PROBE_SET.match(str(spec.get("probe_set", ""))):
-        return f"unrecognised probe set id {spec.get('probe_set')!r} in the router artifact"
+        return "the router adds no experts from descriptors (learned keys, or no router): retrain to add one"
+    if spec.kind not in _METHOD_KINDS[p.describe.method]:
+        return (f"the router's experts live in the {spec.kind} descriptor space; {p.describe.method} makes "
+                f"{' or '.join(_METHOD_KINDS[p.describe.method])} descriptors, which would not be comparable. "
+                f"Give a descriptor file of that kind")
+    if spec.kind == "graded":
+        if not spec.probes_file:
+            return "the router artifact ships no graded probes (graded_probes.json.gz): it cannot probe a provider"
+        return None
+    if not _PROBE_SET.match(spec.probe_set):
+        return f"unrecognised probe set id {spec.probe_set!r} in the router artifact"
     return None
 
 
-def command(p: ProviderConfig, spec: dict[str, Any], out_file: Path) -> list[str]:
+def _live_options(p: ProviderConfig, spec: DescriptorSpec) -> list[str]:
+    """What ``describe live`` and ``describe graded`` share: the provider, prices, cap, retries."""
+    d = p.describe
+    assert d is not None
+    cmd = [
+        "--model", p.model, "--name", p.name,
+        "--input-usd-per-mtok", repr(p.input_usd_per_mtok), "--output-usd-per-mtok", repr(p.output_usd_per_mtok),
+        "--max-cost-usd", repr(d.max_cost_usd), "--concurrency", str(d.concurrency), "--retries", str(d.retries),
+        "--max-tokens", str(d.max_tokens), "--max-missing", repr(d.max_missing), "--timeout-s", repr(p.timeout_s),
+        "--no-progress",
+    ]
+    if p.api_base:
+        cmd += ["--api-base", p.api_base]
+    if p.api_key:
+        cmd += ["--api-key-env", "CSCR_PROBE_API_KEY"]
+    return cmd
+
+
+def command(p: ProviderConfig, spec: DescriptorSpec, out_file: Path) -> list[str]:
     """The child's command line (no secrets on it)."""
     assert p.describe is not None
-    m = _PROBE_SET.match(spec["probe_set"])
+    head = [sys.executable, "-m", "gateway.cli", "describe"]
+    if spec.kind == "graded":
+        assert spec.probes_file is not None
+        return head + ["graded", "--probes", spec.probes_file, "--n", str(p.describe.n_probes), "--seed",
+                       str(p.describe.seed), "--out-file", str(out_file)] + _live_options(p, spec)
+    m = _PROBE_SET.match(spec.probe_set)
     assert m is not None
     subcommand = {"probe": "live", "logit": "logit"}[p.describe.method]
-    base = [sys.executable, "-m", "gateway.cli", "describe", subcommand, "--benchmark", m["bench"], "--n", m["n"],
-            "--seed", m["seed"], "--out-file", str(out_file)]
-    if spec.get("probes_file"):  # shipped with the artifact: no benchmark data needed
-        base += ["--probes", str(spec["probes_file"])]
-    settings = spec.get("settings", {})
+    base = head + [subcommand, "--benchmark", m["bench"], "--n", m["n"], "--seed", m["seed"],
+                   "--out-file", str(out_file)]
+    if spec.probes_file:  # shipped with the artifact: no benchmark data needed
+        base += ["--probes", spec.probes_file]
+    settings = spec.settings
     if p.describe.method == "logit":
         assert p.describe.lm is not None
         cmd = base + ["--lm", p.describe.lm, "--name", p.name]
@@ -96,21 +130,10 @@ def command(p: ProviderConfig, spec: dict[str, Any], out_file: Path) -> list[str
             if key in settings:
                 cmd += [f"--{key.replace('_', '-')}", str(settings[key])]
         return cmd
-    d = p.describe
-    cmd = base + [
-        "--model", p.model, "--name", p.name, "--scorer", str(spec["scorer"]).split("@", 1)[0],
-        "--input-usd-per-mtok", repr(p.input_usd_per_mtok), "--output-usd-per-mtok", repr(p.output_usd_per_mtok),
-        "--max-cost-usd", repr(d.max_cost_usd), "--concurrency", str(d.concurrency), "--retries", str(d.retries),
-        "--max-tokens", str(d.max_tokens), "--max-missing", repr(d.max_missing), "--timeout-s", repr(p.timeout_s),
-        "--no-progress",
-    ]
+    cmd = base + ["--scorer", spec.scorer.split("@", 1)[0]] + _live_options(p, spec)
     for key in ("max_prompt_tokens", "max_answer_tokens"):
         if key in settings:
             cmd += [f"--{key.replace('_', '-')}", str(settings[key])]
-    if p.api_base:
-        cmd += ["--api-base", p.api_base]
-    if p.api_key:
-        cmd += ["--api-key-env", "CSCR_PROBE_API_KEY"]
     return cmd
 
 
@@ -142,7 +165,7 @@ class DescriptorJobs:
         for gone in set(self.status) - providers:
             del self.status[gone]
 
-    async def ensure(self, p: ProviderConfig, spec: dict[str, Any]) -> dict[str, Any] | None:
+    async def ensure(self, p: ProviderConfig, spec: DescriptorSpec) -> dict[str, Any] | None:
         """The stored descriptor of ``p`` if there is one; otherwise start (or wait for) its job and
         return None. Raises ``RuntimeError`` with the reason when the last attempt failed."""
         key = cache_key(p, spec)
@@ -166,7 +189,7 @@ class DescriptorJobs:
         self._tasks[key] = asyncio.get_running_loop().create_task(self._run(p, spec, key))
         return None
 
-    async def _run(self, p: ProviderConfig, spec: dict[str, Any], key: str) -> None:
+    async def _run(self, p: ProviderConfig, spec: DescriptorSpec, key: str) -> None:
         assert p.describe is not None
         t0 = time.time()
         try:
@@ -189,7 +212,7 @@ class DescriptorJobs:
                 await self.store.release(f"describe:{key}", self.owner)
         await self.on_done()
 
-    async def _child(self, p: ProviderConfig, spec: dict[str, Any]) -> dict[str, Any]:
+    async def _child(self, p: ProviderConfig, spec: DescriptorSpec) -> dict[str, Any]:
         assert p.describe is not None
         with tempfile.TemporaryDirectory(prefix="cscr-describe-") as tmp:
             out = Path(tmp) / "descriptor.json"
@@ -216,20 +239,17 @@ class DescriptorJobs:
             if proc.returncode != 0 or not out.exists():
                 why = report.get("error") or stderr.decode(errors="replace").strip()[-500:]
                 raise RuntimeError(f"exit {proc.returncode}: {why}")
-            made = json.loads(out.read_text())
-        for field in ("kind", "probe_set", "scorer") if p.describe.method == "probe" else ("kind", "probe_set"):
-            if made.get(field) != spec.get(field):
-                raise RuntimeError(f"made a descriptor with {field}={made.get(field)!r}, the router needs "
-                                   f"{spec.get(field)!r}")
-        if p.describe.method == "logit":
-            want = spec.get("settings", {}).get("basis_sha256")
-            if want and made["settings"].get("basis_sha256") != want:
-                raise RuntimeError("the logit footprint's string basis differs from the router's")
-        vector = [float(v) for v in made["vector"]]
-        sha = hashlib.sha256(json.dumps(vector).encode()).hexdigest()
-        run = made.get("settings", {}).get("run") or {"seconds": made.get("settings", {}).get("seconds")}
-        return {"vector": vector, "sha256": sha, "kind": made["kind"], "probe_set": made["probe_set"],
-                "scorer": made["scorer"], "report": run}
+            try:
+                made = Descriptor.load(out)
+            except DescriptorError as exc:
+                raise RuntimeError(str(exc)) from None
+        why = spec.incompatibility(made.spec, "the descriptor job's output")  # the one rule, before storing
+        if why is not None:
+            raise RuntimeError(why)
+        doc = made.to_dict()
+        sha = hashlib.sha256(json.dumps(doc["vector"]).encode()).hexdigest()
+        run = made.settings.get("run") or {"seconds": made.settings.get("seconds")}
+        return {**doc, "sha256": sha, "report": run}
 
     async def aclose(self) -> None:
         for task in self._tasks.values():

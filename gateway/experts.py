@@ -1,11 +1,13 @@
 """Experts added through descriptors: a provider in gateway.yaml that the router artifact does not
 know joins routing with only a descriptor (``descriptor: path``), no retraining and no restart.
 
-The descriptor file holds the model's descriptor vector in the artifact's descriptor space, as
-JSON (``{"vector": [...]}`` or a bare list) or ``.npy``. The replica that reads the file publishes
-the vector to the store (``experts/<expert>``), keyed by the file's content hash, so a replica
-without the file — or started later — installs the same key; every replica then adds it to its own
-in-memory index (the k-NN search never waits on the store).
+The descriptor file is a descriptor document (``router_core.types.Descriptor``: vector, kind, probe
+set, scorer, version), read by the one reader and checked against the router's ``descriptor_spec``
+by the one rule: a descriptor of another space or version is refused with the file and the field
+(a bare vector, which says nothing of its space, is refused too). The replica that reads the file
+publishes the document to the store (``experts/<expert>``), keyed by its content hash, so a replica
+without the file — or started later — installs the same expert; every replica then adds it to its
+own in-memory router (routing never waits on the store).
 """
 
 from __future__ import annotations
@@ -16,41 +18,30 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gateway.config import GatewayConfig, ProviderConfig
 from gateway.describe import DescriptorJobs, incompatibility
 from gateway.store import Store
+from router_core.types import Descriptor, DescriptorError, RoutingPolicy
 
 log = logging.getLogger(__name__)
 
 EXPERT_DOCS = "experts"
 
 
-def read_descriptor(path: str | Path) -> list[float]:
-    """A descriptor vector from a file; finite numbers only (nothing else may reach an index)."""
-    p = Path(path)
-    if p.suffix == ".npy":
-        vec = np.load(p, allow_pickle=False)
-    else:
-        raw = json.loads(p.read_text())
-        vec = np.asarray(raw["vector"] if isinstance(raw, dict) else raw, dtype=np.float64)
-    vec = np.asarray(vec, dtype=np.float64).reshape(-1)
-    if vec.size == 0 or not np.all(np.isfinite(vec)):
-        raise ValueError(f"descriptor {p}: empty or not finite")
-    return [float(x) for x in vec]
+def read_descriptor(path: str | Path) -> Descriptor:
+    """A descriptor file (``Descriptor.load``; ``DescriptorError`` names the file and the field)."""
+    return Descriptor.load(path)
 
 
 def _doc_for(p: ProviderConfig) -> dict[str, Any] | None:
     assert p.descriptor is not None
     try:
-        vector = read_descriptor(p.descriptor)
-    except (OSError, ValueError, KeyError) as exc:
+        doc = read_descriptor(p.descriptor).to_dict()
+    except DescriptorError as exc:
         log.warning("descriptor for %s not readable here (%s); looking in the store", p.name, exc)
         return None
-    sha = hashlib.sha256(json.dumps(vector).encode()).hexdigest()
-    return {"expert": p.expert, "provider": p.name, "model": p.model, "source": p.descriptor,
-            "sha256": sha, "vector": vector}
+    sha = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    return {**doc, "expert": p.expert, "provider": p.name, "source": p.descriptor, "sha256": sha}
 
 
 async def publish_descriptors(config: GatewayConfig, store: Store) -> None:
@@ -64,7 +55,8 @@ async def publish_descriptors(config: GatewayConfig, store: Store) -> None:
 
 
 async def install_experts(
-    config: GatewayConfig, store: Store, router: Any, installed: dict[str, str], jobs: DescriptorJobs | None = None
+    config: GatewayConfig, store: Store, router: RoutingPolicy, installed: dict[str, str],
+    jobs: DescriptorJobs | None = None
 ) -> list[str]:
     """Add the descriptor-keyed experts of ``config`` to ``router``: those with a descriptor file
     (``install_file_experts``) and those whose descriptor the gateway makes (``install_made_experts``).
@@ -76,12 +68,10 @@ async def install_experts(
 
 
 async def install_file_experts(
-    config: GatewayConfig, store: Store, router: Any, installed: dict[str, str]
+    config: GatewayConfig, store: Store, router: RoutingPolicy, installed: dict[str, str]
 ) -> list[str]:
     """Experts from descriptor files (read here; the store is the fallback for replicas without the
     file — publishing is ``publish_descriptors``' job, done by the replica that applies a file first)."""
-    if not hasattr(router, "add_expert"):
-        return []
     problems: list[str] = []
     for p in config.providers:
         if p.descriptor is None or p.expert is None:
@@ -95,16 +85,14 @@ async def install_file_experts(
 
 
 async def install_made_experts(
-    config: GatewayConfig, router: Any, installed: dict[str, str], jobs: DescriptorJobs | None
+    config: GatewayConfig, router: RoutingPolicy, installed: dict[str, str], jobs: DescriptorJobs | None
 ) -> list[str]:
     """Experts whose descriptor the gateway makes (``describe``): from the store if it was made
     before, else made in the background by ``jobs``; they join when it is ready. No file I/O, so
     the watcher can call this on every tick while a descriptor is being made."""
     made_here = [p for p in config.providers if p.describe is not None and p.expert is not None]
-    if not hasattr(router, "add_expert"):
-        return [f"{p.name}: the router cannot add experts" for p in made_here]
     problems: list[str] = []
-    spec = getattr(router, "descriptor_spec", None)
+    spec = router.descriptor_spec
     for p in made_here:
         why = incompatibility(p, spec)
         if why is None and jobs is None:
@@ -123,13 +111,14 @@ async def install_made_experts(
     return problems
 
 
-def _add(router: Any, p: ProviderConfig, doc: dict[str, Any], installed: dict[str, str], source: str) -> list[str]:
+def _add(router: RoutingPolicy, p: ProviderConfig, doc: dict[str, Any], installed: dict[str, str],
+         source: str) -> list[str]:
     assert p.expert is not None
     if installed.get(p.expert) == doc["sha256"]:
         return []
     try:
-        router.add_expert(p.expert, np.asarray(doc["vector"], dtype=np.float32))
-    except ValueError as exc:  # wrong dimension, or an artifact with learned keys
+        router.add_expert(p.expert, Descriptor.from_dict(doc, f"descriptor {source}"))
+    except DescriptorError as exc:  # another space or version, wrong dimension, learned keys
         return [f"{p.name}: descriptor rejected by the router: {exc}"]
     installed[p.expert] = doc["sha256"]
     log.info("expert %s installed from its descriptor (%s)", p.expert, source)

@@ -34,7 +34,16 @@ from router_core.encoder import CHECK_TEXT, ROUTING_TEXT_VERSION, get_encoder, r
 from router_core.index import ExpertIndex
 from router_core.model import RouterArtifact, numpy_head, numpy_key_map
 from router_core.paths import artifacts_dir
-from router_core.types import Candidate, Ranking, RoutingPolicy, Scored
+from router_core.types import (
+    Candidate,
+    Descriptor,
+    DescriptorError,
+    DescriptorSpec,
+    Ranking,
+    RoutingPolicy,
+    Scored,
+    check_descriptor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +175,7 @@ class CSCRRouter:
     """
 
     name = "cscr"
+    blocking = False  # encoder + a FAISS search over a handful of keys: ~1 ms
 
     def __init__(
         self,
@@ -220,30 +230,34 @@ class CSCRRouter:
         return numpy_head(self._weights, self.encoder.encode(routing_text(prompt)))
 
     @property
-    def descriptor_spec(self) -> dict[str, object] | None:
+    def descriptor_spec(self) -> DescriptorSpec | None:
         """Which descriptors this router's keys come from (kind, probe set, scorer, settings), so a new
         model's descriptor can be made the same way; None for accuracy fingerprints / learned keys."""
         spec = self.artifact.meta.get("descriptor_spec")
-        if not isinstance(spec, dict):
+        if not isinstance(spec, dict) or self.artifact.config.keys != "descriptor":
             return None
-        out = dict(spec)
-        if self._probes_file is not None:
-            out["probes_file"] = self._probes_file  # the probe prompts, shipped with the artifact
-        return out
+        return DescriptorSpec.from_dict(spec, self._probes_file)  # probes_file: shipped with the artifact
 
     def key_for_descriptor(self, descriptor: np.ndarray) -> np.ndarray:
-        """Expert key of a model from its descriptor (descriptor-keyed artifacts only)."""
+        """Expert key of a model from its descriptor vector (descriptor-keyed artifacts only)."""
         if self.artifact.config.keys != "descriptor":
-            raise ValueError("this artifact learned its keys; a new expert needs retraining")
+            raise DescriptorError("this artifact learned its keys; a new expert needs retraining")
         vec = np.asarray(descriptor, dtype=np.float32).reshape(-1)
         if vec.shape[0] != self.artifact.config.descriptor_dim or not np.all(np.isfinite(vec)):
-            raise ValueError(f"descriptor of dimension {vec.shape[0]} (finite: {bool(np.all(np.isfinite(vec)))}); "
-                             f"this artifact needs {self.artifact.config.descriptor_dim} finite values")
+            raise DescriptorError(f"descriptor of dimension {vec.shape[0]} (finite: {bool(np.all(np.isfinite(vec)))}); "
+                                  f"this artifact needs {self.artifact.config.descriptor_dim} finite values")
         return numpy_key_map(self._weights, vec[None, :])[0]
 
-    def add_expert(self, name: str, descriptor: np.ndarray) -> None:
-        """Add or replace an expert from its descriptor; no retraining."""
-        self.index.add(name, self.key_for_descriptor(descriptor))
+    def add_expert(self, name: str, descriptor: Descriptor) -> None:
+        """Add or replace an expert from its descriptor; no retraining. ``DescriptorError`` when the
+        descriptor is of another space than the artifact's keys."""
+        check_descriptor(self.descriptor_spec, descriptor, f"descriptor of {name}")
+        self.add_vector(name, np.asarray(descriptor.vector, dtype=np.float32))
+
+    def add_vector(self, name: str, vector: np.ndarray) -> None:
+        """``add_expert`` on a bare vector (evaluation, accuracy fingerprints): the caller vouches
+        for its space."""
+        self.index.add(name, self.key_for_descriptor(vector))
 
     def remove_expert(self, name: str) -> None:
         self.index.remove(name)

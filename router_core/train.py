@@ -90,33 +90,34 @@ def load_descriptor_dir(directory: Path, models: list[str]) -> tuple[np.ndarray,
     the spec (kind, probe_set, scorer, scoring settings) goes into the artifact so the gateway can
     make a new model's descriptor the same way.
     """
-    import json
+    from router_core.types import Descriptor, DescriptorError, DescriptorSpec
 
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, Descriptor] = {}
     for path in sorted(Path(directory).glob("*.json")):
-        raw = json.loads(path.read_text())
-        if isinstance(raw, dict) and "vector" in raw and raw.get("model") in models:
-            found[raw["model"]] = raw
+        try:
+            d = Descriptor.load(path)  # the one reader
+        except DescriptorError:
+            continue  # not a descriptor file
+        if d.model in models:
+            found[d.model] = d
     missing = [m for m in models if m not in found]
     if missing:
         raise ValueError(f"{directory}: no descriptor file for {missing}")
-    # logit footprints are made by each model itself (or from its text): comparable when the string
-    # basis agrees; perplexity fingerprints when the scorer does
-    def space(d: dict[str, Any]) -> tuple[str, str, str]:
-        third = d.get("settings", {}).get("basis_sha256", "") if d["kind"] == "logit" else d["scorer"]
-        return d["kind"], d["probe_set"], str(third)
-
-    specs = {space(d) for d in found.values()}
-    if len(specs) != 1:
-        raise ValueError(f"{directory}: descriptors of different kinds / probe sets / scorers: {sorted(specs)}")
-    kind, probe_set, third = specs.pop()
-    scorer = third if kind != "logit" else None
-    first = found[models[0]]["settings"]
+    first = found[models[0]]
     keep = ("max_prompt_tokens", "max_answer_tokens", "new_tokens", "k", "basis_sha256", "conditioning",
             "normalisation")
-    spec = {"kind": kind, "probe_set": probe_set, "scorer": scorer,
-            "settings": {k: first[k] for k in keep if k in first}}
-    vecs = np.array([found[m]["vector"] for m in models], dtype=np.float32)
+    settings = {k: first.settings[k] for k in keep if k in first.settings}
+    # logit footprints are made by each model itself (no shared scorer): the one rule then compares
+    # the string basis (settings.basis_sha256) instead
+    shared = DescriptorSpec(first.kind, first.probe_set, first.scorer if first.kind != "logit" else "",
+                            first.version, settings)
+    for m in models:
+        why = shared.incompatibility(found[m].spec, f"{directory}: descriptor of {m}")
+        if why is not None:
+            raise ValueError(f"descriptors of different kinds / probe sets / scorers: {why}")
+    spec = {"kind": first.kind, "probe_set": first.probe_set,
+            "scorer": first.scorer if first.kind != "logit" else None, "settings": settings}
+    vecs = np.array([found[m].vector for m in models], dtype=np.float32)
     if not np.all(np.isfinite(vecs)):
         raise ValueError(f"{directory}: non-finite descriptor values")
     return vecs, spec

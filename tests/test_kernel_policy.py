@@ -11,7 +11,7 @@ import pytest
 from router_core.kernel_policy import KernelShrinkPolicy, load_policy
 from router_core.paths import artifacts_dir
 from router_core.router import load_routing_policy
-from router_core.types import Candidate
+from router_core.types import Candidate, Descriptor, DescriptorError
 
 pytestmark = pytest.mark.slow  # loads the static encoder
 ARTIFACT = artifacts_dir() / "routerbench-kernel-shrink"
@@ -53,9 +53,17 @@ def test_tradeoff_ends(policy: KernelShrinkPolicy) -> None:
 def test_new_model_joins_by_its_probe_answers(tmp_path: Path) -> None:
     policy = load_policy(ARTIFACT)
     n_probes = len(json.loads((ARTIFACT / "config.json").read_text())["probe_ids"])
-    with pytest.raises(ValueError):
-        policy.add_expert("oracle-like", np.ones(3))
-    policy.add_expert("always-right", np.ones(n_probes))  # right on every probe prompt
+    spec = policy.descriptor_spec
+
+    def graded(vector: list[float], **over: str) -> Descriptor:
+        fields = {"kind": spec.kind, "probe_set": spec.probe_set, "scorer": spec.scorer, **over}
+        return Descriptor(vector, fields["kind"], fields["probe_set"], fields["scorer"], "m", dict(spec.settings))
+
+    with pytest.raises(DescriptorError, match="probe_set"):  # another probe set: refused, field named
+        policy.add_expert("oracle-like", graded([1.0] * n_probes, probe_set="graded-n3-000000000000"))
+    with pytest.raises(DescriptorError):
+        policy.add_answers("oracle-like", np.ones(3))
+    policy.add_expert("always-right", graded([1.0] * n_probes))  # right on every probe prompt
     cands = [*_candidates(), Candidate("newcomer", "always-right", 0.001)]
     ranking = policy.rank("Which gas do plants absorb?\nA) O2\nB) CO2\nAnswer:", cands, 0.0)
     assert ranking.names[0] == "newcomer"

@@ -164,6 +164,6 @@ def test_bundled_router_ships_its_probe_set() -> None:
     from router_core.router import load_router
 
     spec = load_router().descriptor_spec
-    assert spec is not None and spec["kind"] == "perplexity"
-    shipped = ProbeSet.load(spec["probes_file"])
-    assert shipped.id == spec["probe_set"] and len(shipped.prompts) == 192
+    assert spec is not None and spec.kind == "perplexity" and spec.probes_file is not None
+    shipped = ProbeSet.load(spec.probes_file)
+    assert shipped.id == spec.probe_set and len(shipped.prompts) == 192

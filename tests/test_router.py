@@ -168,7 +168,7 @@ def test_add_expert_from_descriptor(bundled: RouterArtifact) -> None:
     router = _router(bundled)
     desc = bundled.descriptors
     assert desc is not None
-    router.add_expert("clone-of-gpt4", desc[bundled.experts.index("gpt-4-1106-preview")])
+    router.add_vector("clone-of-gpt4", desc[bundled.experts.index("gpt-4-1106-preview")])
     np.testing.assert_allclose(
         router.index.keys[-1], bundled.expert_keys[bundled.experts.index("gpt-4-1106-preview")], atol=1e-5
     )

@@ -139,7 +139,7 @@ def test_unseen_model_joins_through_its_descriptor(small_bench: Benchmark) -> No
     row = {pid: i for i, pid in enumerate(small_bench.prompt_ids)}
     for j, name in enumerate(small_bench.models[8:], start=8):
         answers = {pid: float(small_bench.quality[row[pid], j]) for pid in art.meta["probe_ids"]}
-        router.add_expert(name, descriptor_from_probe_answers(art, answers))
+        router.add_vector(name, descriptor_from_probe_answers(art, answers))
     assert router.experts == small_bench.models
     cands = [Candidate(n, n, float(c)) for n, c in zip(small_bench.models, small_bench.cost.mean(axis=0), strict=True)]
     ranking = router.rank(small_bench.prompts[-1], cands, 0.0)
