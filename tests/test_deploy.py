@@ -320,7 +320,7 @@ def test_dockerfile_is_multistage_non_root_with_healthcheck() -> None:
     torch_at = run.index("download.pytorch.org/whl/cpu torch==2.13.0")
     assert run.index('if [ -n "$EXTRAS" ]') < torch_at < run.index("else")
     # the router loads from site-packages at build time, without the research stack
-    assert "load_router()" in run and "python -I -c" in run and "'torch'" in run
+    assert "load_routing_policy()" in run and "python -I -c" in run and "'torch'" in run
     assert "CSCR_CACHE_DIR=/var/cache/cscr" in env
     assert not any("cscr-cache" in arg for ins, arg in final if ins == "COPY")  # nothing to bake any more
     entry = json.loads(next(arg for ins, arg in final if ins == "ENTRYPOINT"))

@@ -52,7 +52,7 @@ def _run_serving(tmp_path: Path) -> dict[str, object]:
 
 def test_serving_imports_nothing_heavy_and_builds_nothing(tmp_path: Path) -> None:
     out = _run_serving(tmp_path)
-    assert out["router"] == "cscr" and out["problem"] is None, out  # the bundled router, not cost-only
+    assert out["router"] == "kernel-shrink" and out["problem"] is None, out  # the bundled default, not cost-only
     modules = set(out["modules"])  # type: ignore[arg-type]
     assert "model2vec" in modules  # the encoder really ran
     loaded = sorted(h for h in HEAVY if h in modules)
