@@ -24,7 +24,7 @@ from gateway.upstream import start_upstream
 from tests.gateway_fixture import provider, start_gateway
 from tests.redis_fixture import RedisServer, redis_server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 POISONS = {"empty": "", "provider-less": "providers: []\n", "broken YAML": "providers: [\n  - {name: p1, model"}
 
 

@@ -39,7 +39,7 @@ from gateway.upstream import routerbench_parquet, start_upstream
 from tests.gateway_fixture import provider, start_gateway, stop_processes
 from tests.redis_fixture import RedisServer, free_port, redis_server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-hardening"
 GPT4 = "gpt-4-1106-preview"

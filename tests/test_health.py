@@ -90,6 +90,7 @@ def _chat(base: str, model: str) -> tuple[httpx.Response, float]:
 
 
 @pytest.mark.integration
+@pytest.mark.faults
 def test_a_timing_out_provider_stops_costing_requests_on_every_replica(redis_srv: RedisServer) -> None:
     up, stop_up = start_upstream(replay="none", faults={"slow-model": "timeout"})
     cfg = {

@@ -15,7 +15,7 @@ import pytest
 from tests.gateway_fixture import provider, start_gateway
 from tests.rogue_upstream import RogueUpstream
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 MALFORMED = ("list", "choices", "delta", "nonjson", "choice")
 
