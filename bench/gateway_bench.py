@@ -151,6 +151,24 @@ def start(name: str, args: list[str], url: str, health: str, workdir: Path, env:
     raise TimeoutError(f"{name} not healthy after {timeout}s; see {log}")
 
 
+def start_redis(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server of the bench's own on a free port (nothing saved to disk)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
 def get_json(url: str, headers: dict[str, str] | None = None) -> Any:
     req = urllib.request.Request(url, headers=headers or {})
     try:
@@ -197,11 +215,15 @@ def write_bodies(path: Path, model: str, texts: list[str], stream: bool) -> None
             f.write(json.dumps(body) + "\n")
 
 
-def gateway_config(path: Path, upstream: int, artifact: str, key_sha: str) -> None:
+def gateway_config(path: Path, upstream: int, artifact: str, key_sha: str, store: str = "memory://",
+                   budget_usd: float | None = None) -> None:
     raw = yaml.safe_load((ROOT / "gateway.yaml").read_text())
-    raw["store"] = "memory://"
+    raw["store"] = store
     raw["router"]["artifact"] = artifact
-    raw["keys"] = [{"name": "bench", "secret_sha256": key_sha}]  # auth on, like LiteLLM's master key
+    key: dict[str, Any] = {"name": "bench", "secret_sha256": key_sha}  # auth on, like LiteLLM's master key
+    if budget_usd is not None:
+        key["budget_usd"] = budget_usd  # metered: every request reserves and settles in the store
+    raw["keys"] = [key]
     for p in raw["providers"]:
         p["api_base"] = f"http://127.0.0.1:{upstream}/v1"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -355,6 +377,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL:K=V[,K=V]",
                         help="also run a second gateway with this environment (ARGS=... adds `cscr serve` "
                              "arguments), as targets LABEL-named and LABEL-auto (side-by-side experiments)")
+    parser.add_argument("--store", choices=["memory", "redis"], default="memory",
+                        help="the gateway's store; redis starts a redis-server of the bench's own (production shape)")
+    parser.add_argument("--budget-usd", type=float, default=None,
+                        help="give the bench key this budget (requests reserve and settle; default: no budget)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a plain kill still stops the servers
@@ -375,6 +401,7 @@ def main(argv: list[str]) -> int:
     import hashlib
 
     servers: list[Server] = []
+    cleanup: list[Any] = []
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     try:
@@ -387,7 +414,12 @@ def main(argv: list[str]) -> int:
         router: dict[str, Any] = {}
         if any(n.startswith("gateway") for n in names):
             gw_port = free_port()
-            gateway_config(work / "gateway.yaml", up_port, args.artifact, hashlib.sha256(key.encode()).hexdigest())
+            store_url = "memory://"
+            if args.store == "redis":
+                redis_proc, store_url = start_redis(work)
+                cleanup.append(lambda: (redis_proc.terminate(), redis_proc.wait()))
+            gateway_config(work / "gateway.yaml", up_port, args.artifact, hashlib.sha256(key.encode()).hexdigest(),
+                           store_url, args.budget_usd)
             gw = start("gateway", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(work / "gateway.yaml"),
                                    "--port", str(gw_port), "--log-level", "warning", *args.gateway_arg],
                        f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{gw_port}/health", work,
@@ -462,6 +494,7 @@ def main(argv: list[str]) -> int:
             "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "python": sys.version.split()[0]},
             "duration_s": duration, "rounds": rounds, "prompts": len(texts),
             "router": router, "idle_rss_mb": idle_rss, "scenarios": scenarios,
+            "store": args.store, "budget_usd": args.budget_usd,
         }
         if args.profile is not None and "gateway-named" in targets:
             args.profile.mkdir(parents=True, exist_ok=True)
@@ -478,6 +511,8 @@ def main(argv: list[str]) -> int:
     finally:
         for s in reversed(servers):
             s.stop()
+        for undo in cleanup:
+            undo()
         if args.keep:
             print(f"# work directory kept: {work}", file=sys.stderr)
         else:
