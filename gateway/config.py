@@ -41,8 +41,8 @@ class ServerConfig:
     store_failure: Literal["closed", "open"] = "closed"  # store unreachable: refuse to spend, or serve unmetered
     master_key_env: str | None = None  # env var holding the admin API's master key; None = no admin API
     master_key: str | None = field(default=None, repr=False)
-    store_max_connections: int = 64  # redis:// connections per process; more requests wait for one
-    store_pool_timeout_s: float = 5.0  # the longest wait for a free connection (then 503 store_busy)
+    store_max_connections: int = 256  # redis:// connections per process; more requests wait for one
+    store_pool_timeout_s: float = 30.0  # the longest wait for a free connection (then 503 store_busy)
     store_socket_timeout_s: float = 2.0  # one Redis command or connect (then the store counts as unreachable)
     provider_failure_threshold: int = 3  # consecutive failures/timeouts that put a provider in cooldown; 0 = never
     provider_cooldown_s: float = 30.0  # how long a provider is skipped before one request probes it
