@@ -1,0 +1,255 @@
+"""Render the generated blocks of README.md and docs/*.md from the result files in docs/results/.
+
+    python bench/render_docs.py           # rewrite every stale block in place
+    python bench/render_docs.py --check   # exit 1 and name the stale blocks; write nothing
+
+A block is the text between two markers, which stay in the file:
+
+    <!-- generated: NAME (from docs/results/...json; regenerate: python bench/render_docs.py) -->
+    ...Markdown rendered by RENDERERS[NAME]...
+    <!-- end generated: NAME -->
+
+A number in a generated block therefore always matches its result file; the file is written by the
+benchmark or evaluation command its caption names. tests/test_docs_fresh.py runs the check so a
+hand edit of a block, or a new result file without a re-render, fails CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = Path("docs/results")
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)",
+                   re.DOTALL)
+
+
+class RenderError(Exception):
+    """A marker names no renderer, or a result file is missing or lacks a field."""
+
+
+def load(root: Path, rel: str) -> dict[str, Any]:
+    path = root / RESULTS / rel
+    if not path.exists():
+        raise RenderError(f"{path}: result file missing")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def num(x: float, digits: int = 1) -> str:
+    return "—" if x != x else f"{x:,.{digits}f}"
+
+
+def machine_caption(results: dict[str, Any]) -> str:
+    m = results.get("machine", {})
+    text = f"{m.get('cpus', '?')} CPU cores"
+    if "load_avg_at_end" in m:  # measured on a shared box: the reader must know how loaded it was
+        return text + f", load average {m['load_avg_at_end'][0]:.1f} at the end of the run (other jobs running)"
+    return text + ", load average not recorded"
+
+
+# --- gateway overhead (bench/gateway_bench.py) -----------------------------------------------
+
+GATEWAY_RESULT = "gateway_bench_redis_budget.json"
+LABELS = {"direct": "direct to the upstream", "gateway-named": "our gateway, named provider",
+          "gateway-auto": "our gateway, `auto`", "litellm-proxy": "LiteLLM proxy 1.106.2"}
+
+
+def perf_table(root: Path) -> str:
+    r = load(root, GATEWAY_RESULT)
+    by_key = {(s["target"], s["stream"], s["concurrency"]): s for s in r["scenarios"]}
+    rows = ["| path | mode, clients | req/s | added latency p50 / p99 | server CPU per request | peak RSS |",
+            "|---|---|---|---|---|---|"]
+    for s in r["scenarios"]:
+        d = by_key.get(("direct", s["stream"], s["concurrency"]))
+        added = "" if d is None or s["target"] == "direct" else (
+            f"+{num(s['p50_ms'] - d['p50_ms'])} / +{num(s['p99_ms'] - d['p99_ms'])} ms")
+        label = LABELS.get(s["target"], s["target"])
+        if s["target"] == "gateway-auto":
+            label += f" ({r['router']['policy']} router)"
+        rows.append(f"| {label} | {'stream' if s['stream'] else 'json'}, {s['concurrency']} | {num(s['rps'], 0)} | "
+                    f"{added} | {num(s['cpu_ms_per_req'])} ms | {num(s['peak_rss_mb'], 0)} MB |")
+    caption = (f"`{r['command']}`: one run, {r['duration_s']:g} s per scenario, store `{r['store']}`, "
+               f"bench key budget ${r['budget_usd']:,.0f} (every request reserves and settles); "
+               f"{machine_caption(r)}. {ratios(by_key)}")
+    return "\n".join(rows) + "\n\n" + caption + "\n"
+
+
+def ratios(by_key: dict[tuple[str, bool, int], dict[str, Any]]) -> str:
+    """Ours against LiteLLM's proxy in the same run: the stable part of a run on a busy box."""
+    parts = []
+    for (target, stream, conc), s in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0][-1])):
+        lite = by_key.get(("litellm-proxy", stream, conc))
+        if lite is None or not target.startswith("gateway-"):
+            continue
+        parts.append(f"{target.removeprefix('gateway-')} {'stream' if stream else 'json'} c={conc}: "
+                     f"{s['rps'] / lite['rps']:.1f}× the requests/s, "
+                     f"1/{lite['cpu_ms_per_req'] / s['cpu_ms_per_req']:.1f} the CPU per request")
+    return ("Against LiteLLM's proxy in the same run: " + "; ".join(parts) + ".") if parts else ""
+
+
+def gateway_bench_full(root: Path) -> str:
+    """The whole run as gateway_bench.py prints it (its own ``markdown``), so the two cannot differ."""
+    if str(BENCH) not in sys.path:  # bench scripts import each other as files, not as a package
+        sys.path.insert(0, str(BENCH))
+    module = importlib.import_module("gateway_bench")
+    r = load(root, GATEWAY_RESULT)
+    return f"`{r['command']}`; {machine_caption(r)}:\n\n{module.markdown(r)}\n"
+
+
+# --- scale (bench/scale_bench.py) ------------------------------------------------------------
+
+def errors(d: dict[str, Any]) -> str:
+    errs = d.get("errors") or {}
+    total = sum(errs.values())
+    return "0" if not total else f"{total:,} ({', '.join(f'{k} {v:,}' for k, v in sorted(errs.items()))})"
+
+
+def scale_table(root: Path) -> str:
+    r = load(root, "scale_bench.json")
+    b, s, w = r["burst"], r["streams"], r["workers"]
+    bg, sg = b["gateway"], s["gateway"]
+    rows = [
+        "| scenario | completed | errors | added latency | other |",
+        "|---|---|---|---|---|",
+        f"| burst, {b['concurrency']:,} clients, json | {bg['ok']:,} | {errors(bg)} | "
+        f"p99 +{num(bg['added_p99_ms'], 0)} ms | spend ${b['spend_usd']:.2f} of a ${b['budget_usd']:,.0f} budget |",
+        f"| {s['concurrency']:,} concurrent streams (upstream TTFT {s['ttft_ms']:g} ms) | {sg['ok']:,} | "
+        f"{errors(sg)} | TTFB p99 +{num(sg['added_ttfb_p99_ms'], 0)} ms | |",
+        f"| `--workers 2` vs 1, json | {w['two']['ok']:,} vs {w['one']['ok']:,} | "
+        f"{errors(w['two'])} / {errors(w['one'])} | | req/s ratio {w['ratio']:.2f} "
+        f"({num(w['two']['req_s'], 0)} vs {num(w['one']['req_s'], 0)}) |",
+    ]
+    caption = f"`{r['command']}`, router `{r['router']['policy']}`; {machine_caption(r)}."
+    return "\n".join(rows) + "\n\n" + caption + "\n"
+
+
+# --- routing quality (cscr eval, router_core.default_eval) -------------------------------------
+
+ROUTERS = [("oracle", "oracle"),
+           ("group-oracle", "group-oracle (cheats: each model's test accuracy per task/subject)"),
+           ("knn", "k-NN over training prompts"),
+           ("kmeans", "UniRoute-style K-means (best baseline)"), ("cscr", "CSCR, faithful (cost-band InfoNCE)"),
+           ("infonce", "plain InfoNCE, descriptor keys (the former bundled CSCR artifact's recipe)"),
+           ("ours", "ours (kernel-shrink: neighbours' graded answers shrunk to cluster and model priors)")]
+
+
+def interval(m: dict[str, float], bold: bool = False) -> str:
+    value = f"**{m['value']:.3f}**" if bold else f"{m['value']:.3f}"
+    if m["value"] == m["lo"] == m["hi"] or math.isinf(m["hi"]):
+        return value
+    return f"{value} [{m['lo']:.3f}, {m['hi']:.3f}]"
+
+
+def test_size(root: Path, rel: str) -> str:
+    """Prompt count from the results.md the same eval wrote (results.json does not carry it)."""
+    md = root / RESULTS / rel / "results.md"
+    found = re.search(r"(\d[\d,]*) test prompts", md.read_text()) if md.exists() else None
+    return f"{int(found.group(1).replace(',', '')):,} prompts, " if found else ""
+
+
+def routing_table(root: Path) -> str:
+    sets = {"routerbench": "RouterBench", "mmlu_pro": "MMLU-Pro"}
+    data = {k: load(root, f"{k}/results.json") for k in sets}
+    head = [f"{label} ({test_size(root, k)}{sum(n.startswith('single:') for n in data[k]['results'])} models)"
+            for k, label in sets.items()]
+    best = {k: max(v["results"][n]["audc"]["value"] for n, _ in ROUTERS[2:]) for k, v in data.items()}
+    rows = ["| router | " + " | ".join(head) + " |", "|---|" + "---|" * len(sets)]
+    for name, label in ROUTERS:
+        cells = [interval(data[k]["results"][name]["audc"], "oracle" not in name
+                          and data[k]["results"][name]["audc"]["value"] == best[k]) for k in sets]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    commands = "; ".join(f"`{data[k]['command']}`" for k in sets)
+    return "\n".join(rows) + f"\n\nTest-split AUDC, {data['routerbench']['encoder']} encoder: {commands}.\n"
+
+
+DEFAULT_ROUTERS = [("ours", "default `auto`: kernel-shrink, train-split twin of `default-kernel-shrink`"),
+                   ("ours-rb", "kernel-shrink trained on RouterBench only"), ("kmeans", "K-means, same data"),
+                   ("kmeans-rb", "K-means, RouterBench only"), ("cscr-bundled", "the former default (CSCR artifact)")]
+
+
+def default_router_table(root: Path) -> str:
+    r = load(root, "default-router/results.json")
+    sets = r["sets"]
+    head = [f"{k} test ({v['prompts']:,} prompts, {len(v['models'])} models)" for k, v in sets.items()]
+    rows = ["| router | " + " | ".join(head) + " |", "|---|" + "---|" * len(sets)]
+    for name, label in DEFAULT_ROUTERS:
+        rows.append(f"| {label} | " + " | ".join(interval(v["results"][name]["audc"]) for v in sets.values()) + " |")
+    paired = "; ".join(f"{k} {pair}: {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+                       for k, v in sets.items() for pair, d in v["paired_audc"].items()
+                       if pair in ("ours - kmeans", "ours - cscr-bundled"))
+    return ("\n".join(rows) + f"\n\nAUDC, {r['encoder']} encoder; paired differences: {paired}. "
+            f"`{r['command']}`.\n")
+
+
+RENDERERS: dict[str, Callable[[Path], str]] = {
+    "perf": perf_table, "gateway-bench": gateway_bench_full, "scale": scale_table,
+    "routing": routing_table, "default-router": default_router_table,
+}
+
+
+# --- files -----------------------------------------------------------------------------------
+
+def doc_files(root: Path) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def render_text(text: str, root: Path) -> tuple[str, list[str]]:
+    """The text with every block re-rendered, and the names of the blocks that changed."""
+    stale: list[str] = []
+
+    def replace(m: re.Match[str]) -> str:
+        name = m.group("name")
+        if name not in RENDERERS:
+            raise RenderError(f"no renderer for generated block {name!r} (known: {', '.join(RENDERERS)})")
+        body = RENDERERS[name](root)
+        if body != m.group("body"):
+            stale.append(name)
+        return m.group(1) + body + m.group(4)
+
+    return BLOCK.sub(replace, text), stale
+
+
+def run(root: Path, write: bool) -> list[str]:
+    """Render every doc; with ``write`` save the changed ones. Returns 'FILE: BLOCK' per stale block."""
+    found: list[str] = []
+    for path in doc_files(root):
+        if not path.exists():
+            continue
+        text = path.read_text()
+        new, stale = render_text(text, root)
+        found += [f"{path.relative_to(root)}: {name}" for name in stale]
+        if write and new != text:
+            path.write_text(new)
+    return found
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 naming stale blocks; write nothing")
+    parser.add_argument("--root", type=Path, default=ROOT, help="repository root (tests)")
+    args = parser.parse_args(argv)
+    try:
+        stale = run(args.root, write=not args.check)
+    except (RenderError, KeyError) as e:  # KeyError: a result file without a field a table needs
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for line in stale:
+        print(f"{'stale' if args.check else 'rewrote'}: {line}")
+    if args.check and stale:
+        print("regenerate: python bench/render_docs.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
