@@ -165,6 +165,7 @@ def main(argv: list[str]) -> int:
         results["workers"] = {"one": s1, "two": s2, "ratio": s2["req_s"] / max(s1["req_s"], 1e-9)}
         print(f"workers: 1w {s1['req_s']:.0f} req/s, 2w {s2['req_s']:.0f} req/s, "
               f"ratio {results['workers']['ratio']:.2f}", file=sys.stderr)
+        results["machine"]["load_avg_at_end"] = os.getloadavg()
         print(json.dumps(results, indent=1))
         if args.out is not None:
             args.out.write_text(json.dumps(results, indent=1))
