@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,6 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.admin import admin_routes
 from gateway.config import GatewayConfig
@@ -25,6 +24,7 @@ from gateway.errors import GatewayError
 from gateway.forward import Forwarder
 from gateway.health import ProviderHealth
 from gateway.metrics import Metrics
+from gateway.observe import Observe, Tracing, access_of
 from gateway.policy import auto_model_names
 from gateway.proxy import GatewayState, handle_chat
 from gateway.reload import ConfigReloader
@@ -63,39 +63,6 @@ def _error_response(err: GatewayError, state: GatewayState | None) -> Response:
     return _json(err.to_dict(), err.status, err.headers())
 
 
-class ContainErrors:
-    """An exception nothing else handled becomes a 500 with a request id and one log line.
-    Starlette's handler for ``Exception`` answers and then re-raises, so uvicorn logs a traceback
-    and closes the keep-alive connection: this answers and stops. After the response started
-    there is nothing to answer with; the connection closes (the response is incomplete)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked)
-        except Exception as exc:
-            rid = uuid.uuid4().hex[:16]
-            log.error("unhandled error on %s %s [request %s]: %s", scope["method"], scope["path"], rid,
-                      type(exc).__name__)
-            log.debug("request %s", rid, exc_info=exc)  # the traceback, for whoever turns debug on
-            if not started:
-                body = {"error": {"message": f"internal error in the gateway (request {rid})", "type": "server_error",
-                                  "param": None, "code": None}}
-                await _json(body, 500, {"x-request-id": rid})(scope, receive, send)
-
-
 def create_app(
     config: GatewayConfig, router: RoutingPolicy | None = None, config_path: str | Path | None = None,
     config_text: str | None = None, env: Mapping[str, str] | None = None,
@@ -112,8 +79,9 @@ def create_app(
                                                       server.store_socket_timeout_s))
         metrics = Metrics()
         forwarder = Forwarder(config.providers)  # knows the provider keys, to scrub them from upstream errors
+        tracing = Tracing(server.otlp_endpoint)  # no opentelemetry import unless an endpoint is set
         state = GatewayState(config, forwarder, policy, store, metrics, SettlementQueue(store), problem,
-                             health=ProviderHealth(store, metrics))
+                             health=ProviderHealth(store, metrics), tracing=tracing)
         holder["state"] = state
         app.state.gateway = state
         state.reloader = ConfigReloader(state, Path(config_path) if config_path else None, config_text, env)
@@ -131,6 +99,7 @@ def create_app(
                 log.error("%d settlements could not reach the store before shutdown", state.settlements.pending)
             await state.forwarder.aclose()
             await state.store.aclose()
+            await asyncio.to_thread(state.tracing.shutdown)  # exports what is queued (bounded)
 
     def state_of(request: Request) -> GatewayState:
         state: GatewayState = request.app.state.gateway
@@ -141,6 +110,7 @@ def create_app(
         try:
             return await handle_chat(state, request)
         except GatewayError as err:
+            access_of(request).error = err.code or err.type
             return _error_response(err, state)
 
     async def models(request: Request) -> Response:
@@ -205,5 +175,5 @@ def create_app(
     ]
     return Starlette(
         routes=routes, lifespan=lifespan,
-        exception_handlers={HTTPException: http_error}, middleware=[Middleware(ContainErrors)],
+        exception_handlers={HTTPException: http_error}, middleware=[Middleware(Observe)],
     )
