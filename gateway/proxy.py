@@ -560,14 +560,10 @@ async def _relay(
                         item = await anext(chunks, None)
                         continue
                     chunk, raw = {k: v for k, v in chunk.items() if k != "usage"}, None
-                elif isinstance(usage, dict):
-                    _add_text(chunk, text)  # the usage may come with the last words
-                    priced = _usage_cost(state, plan, provider, usage, lambda: "".join(text))
-                    chunk, raw = {**chunk, "usage": {**usage, "cost": priced[0] if priced else None}}, None
-                    yield _sse(chunk)
-                    item = await anext(chunks, None)
-                    continue
             _add_text(chunk, text)
+            if isinstance(chunk.get("usage"), dict):  # the caller asked for usage: it gets the cost too
+                priced = _usage_cost(state, plan, provider, chunk["usage"], lambda: "".join(text))
+                chunk, raw = {**chunk, "usage": {**chunk["usage"], "cost": priced[0] if priced else None}}, None
             yield b"data: " + raw + b"\n\n" if raw is not None else _sse(chunk)
             item = await anext(chunks, None)
         yield b"data: [DONE]\n\n"

@@ -9,6 +9,7 @@ import http.server
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -53,6 +54,7 @@ def _config(up: str, **server: Any) -> dict[str, Any]:
         "providers": [
             provider("gpt-4", "openai/gpt-4-1106-preview", up, REPLAY_PRICES["gpt-4-1106-preview"]),
             provider("mistral-7b", "openai/mistralai/mistral-7b-chat", up, REPLAY_PRICES["mistralai/mistral-7b-chat"]),
+            provider("cutter", "openai/cutter", up, (50.0, 50.0)),  # dearest: never chosen by auto
         ],
     }
 
@@ -90,7 +92,7 @@ def lines() -> Iterator[Lines]:
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    base, stop = start_upstream()
+    base, stop = start_upstream(faults={"cutter": "cut:3"})
     yield base
     stop()
 
@@ -184,6 +186,15 @@ def test_usage_carries_the_cost_streamed_or_not(gateway: str, lines: Lines) -> N
 
     plain = list(client.chat.completions.create(model="gpt-4", messages=MSG, stream=True))  # type: ignore[arg-type]
     assert all(c.usage is None for c in plain)  # not asked: no usage chunk (the cost is in the log and metrics)
+
+
+def test_a_stream_cut_upstream_is_logged_as_interrupted(gateway: str, lines: Lines) -> None:
+    with pytest.raises(openai.APIError):
+        for _ in _client(gateway).chat.completions.create(model="cutter", messages=MSG, stream=True):  # type: ignore[arg-type]
+            pass
+    line = lines.wait(lambda r: r["provider"] == "cutter")
+    assert line["status"] == 200 and line["error"] == "stream_interrupted" and line["cost_usd"] > 0
+    assert _metric(httpx.get(gateway + "/metrics").text, 'cscr_stream_endings_total{outcome="upstream_error"}') >= 1
 
 
 def test_metrics_follow_the_naming_guide(gateway: str, lines: Lines) -> None:
@@ -343,3 +354,19 @@ def test_tracing_off_imports_no_opentelemetry() -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["status"] in (502, 503, 504) and out["otel"] == []
+
+
+def test_an_unreachable_collector_loses_spans_not_requests(upstream: str) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base, stop = start_gateway(_config(upstream, otlp_endpoint=f"http://127.0.0.1:{port}"))
+    try:
+        for stream in (False, True):
+            r = httpx.post(base + "/v1/chat/completions", json={"model": "auto", "messages": MSG, "stream": stream},
+                           headers={"authorization": f"Bearer {SECRET}"}, timeout=30)
+            assert r.status_code == 200
+    finally:
+        t = time.monotonic()
+        stop()
+    assert time.monotonic() - t < 10  # the export on shutdown gives up (exporter timeout 5 s)
