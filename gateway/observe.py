@@ -91,7 +91,26 @@ class AccessRecord:
         self.trace.end(self)
         if self.enabled and ACCESS.isEnabledFor(logging.INFO):
             line = self.fields()
-            ACCESS.info("%s", json.dumps(line, separators=(",", ":")), extra={"access": line})
+            # Made here rather than by ACCESS.info(), which walks the stack for a source line the
+            # access log does not need; the JSON text is made only by a formatter that asks for it.
+            ACCESS.handle(ACCESS.makeRecord(ACCESS.name, logging.INFO, "(access)", 0, _Line(line), (), None,
+                                            extra={"access": line}))
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(..., separators=) builds one per call
+
+
+class _Line:
+    """An access record's message: its JSON, encoded when a text formatter reads it (the JSON
+    formatter takes the fields themselves)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return _ENCODE(self.fields)
 
 
 def detached() -> AccessRecord:
@@ -197,6 +216,7 @@ class Tracing:
         self._provider: Any = None
         self._tracer: Any = None
         self._extract: Any = None
+        self._in_context: Any = None
         if endpoint is None and exporter is None:
             return
         try:
@@ -204,6 +224,7 @@ class Tracing:
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
+            from opentelemetry.trace import set_span_in_context
 
             if exporter is None:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -216,7 +237,7 @@ class Tracing:
         self._provider = TracerProvider(resource=Resource.create({"service.name": "cscr-gateway"}))
         self._provider.add_span_processor(BatchSpanProcessor(exporter))
         self._tracer = self._provider.get_tracer("cscr.gateway")
-        self._extract = extract
+        self._extract, self._in_context = extract, set_span_in_context
 
     def start(self, name: str, headers: Mapping[str, str]) -> Trace:
         """The root span of one request, continuing the caller's ``traceparent`` if it sent one."""
@@ -224,9 +245,7 @@ class Tracing:
             return NO_TRACE
         context = self._extract(headers)
         root = self._tracer.start_span(name, context=context)
-        from opentelemetry.trace import set_span_in_context
-
-        return _OtelTrace(self._tracer, root, set_span_in_context(root, context))
+        return _OtelTrace(self._tracer, root, self._in_context(root, context))
 
     def shutdown(self) -> None:
         """Export what is queued (bounded by the exporter's timeout) and stop."""

@@ -370,3 +370,37 @@ def test_an_unreachable_collector_loses_spans_not_requests(upstream: str) -> Non
         t = time.monotonic()
         stop()
     assert time.monotonic() - t < 10  # the export on shutdown gives up (exporter timeout 5 s)
+
+
+def test_cscr_serve_log_format_json_writes_only_json_lines(tmp_path: Path, upstream: str) -> None:
+    import yaml
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(_config(upstream)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port),
+                             "--log-format", "json"], cwd=ROOT, stderr=subprocess.PIPE,
+                            env={**env, "PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(base + "/health")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        r = httpx.post(base + "/v1/chat/completions", json={"model": "gpt-4", "messages": MSG},
+                       headers={"authorization": f"Bearer {SECRET}", "x-request-id": "json-line-1"}, timeout=30)
+        assert r.status_code == 200
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]  # every line is JSON
+    chat = next(r for r in records if r.get("request_id") == "json-line-1")
+    assert chat["logger"] == "cscr.access" and chat["status"] == 200 and chat["key"] == "team"
+    assert any(r["logger"].startswith("uvicorn") for r in records)  # uvicorn's own lines too
