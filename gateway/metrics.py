@@ -17,6 +17,7 @@ from prometheus_client import (
 )
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_STREAM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
 
 class Metrics:
@@ -28,12 +29,16 @@ class Metrics:
         self.requests = Counter("cscr_requests", "Chat requests by HTTP status (streams: when they end)",
                                 ["status", "stream"], registry=r)
         self.latency = Histogram(
-            "cscr_request_seconds", "Whole request, as the client sees it (streams: to their last chunk)",
-            ["stream"], buckets=_LATENCY_BUCKETS, registry=r,
+            "cscr_request_seconds", "Non-streamed requests: arrival to the answer, as the client sees it",
+            buckets=_LATENCY_BUCKETS, registry=r,
         )
+        # Streams apart: their length is the answer's, and their first chunk is what a user waits for.
         self.ttft = Histogram(
             "cscr_time_to_first_token_seconds", "Streams: arrival to the first chunk ready for the client",
             buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.stream_seconds = Histogram(
+            "cscr_stream_seconds", "Streams: arrival to their last chunk", buckets=_STREAM_BUCKETS, registry=r,
         )
         self.stream_endings = Counter(
             "cscr_stream_endings", "How streams ended (ok, upstream_error, gateway_error, client_disconnect)",

@@ -606,7 +606,7 @@ def _stream_ended(state: GatewayState, plan: Plan, outcome: str, cost: float) ->
     m = state.metrics
     m.requests.labels("200", "true").inc()  # the status the client got; how it ended is counted apart
     m.stream_endings.labels(outcome).inc()
-    m.latency.labels("true").observe(time.perf_counter() - plan.started)
+    m.stream_seconds.observe(time.perf_counter() - plan.started)
     rec = plan.access
     rec.cost_usd = cost
     if outcome != "ok":
@@ -620,5 +620,5 @@ async def handle_chat(state: GatewayState, request: Request) -> Response:
         return await stream(state, plan)
     response = await complete(state, plan)
     state.metrics.requests.labels("200", "false").inc()
-    state.metrics.latency.labels("false").observe(time.perf_counter() - plan.started)
+    state.metrics.latency.observe(time.perf_counter() - plan.started)
     return response

@@ -212,8 +212,8 @@ def test_metrics_follow_the_naming_guide(gateway: str, lines: Lines) -> None:
     assert 'status="ok"' not in text  # the status label is the HTTP code only
     assert _metric(text, "cscr_time_to_first_token_seconds_count") - _metric(
         before, "cscr_time_to_first_token_seconds_count") == 1
-    assert _metric(text, 'cscr_request_seconds_count{stream="true"}') - _metric(
-        before, 'cscr_request_seconds_count{stream="true"}') == 1
+    for name in ("cscr_stream_seconds_count", "cscr_request_seconds_count"):  # one stream, one not
+        assert _metric(text, name) - _metric(before, name) == 1, name
     assert _metric(text, 'cscr_stream_endings_total{outcome="ok"}') >= 1
     spend = 'cscr_key_spend_usd_total{key="team"}'
     assert _metric(text, spend) - _metric(before, spend) > float(raw.headers["x-cscr-cost-usd"])  # and the stream
