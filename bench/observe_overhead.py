@@ -18,8 +18,9 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from gateway.app import Observe
 from gateway.metrics import Metrics
-from gateway.observe import ACCESS, JsonFormatter, Observe
+from gateway.observe import ACCESS, JsonFormatter
 
 
 async def _plain(scope: Scope, receive: Receive, send: Send) -> None:

@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.admin import admin_routes
 from gateway.config import GatewayConfig
@@ -24,7 +25,7 @@ from gateway.errors import GatewayError
 from gateway.forward import Forwarder
 from gateway.health import ProviderHealth
 from gateway.metrics import Metrics
-from gateway.observe import Observe, Tracing, access_of
+from gateway.observe import SCOPE_KEY, AccessRecord, Tracing, access_of, request_id
 from gateway.policy import auto_model_names
 from gateway.proxy import GatewayState, handle_chat
 from gateway.reload import ConfigReloader
@@ -61,6 +62,55 @@ def _error_response(err: GatewayError, state: GatewayState | None) -> Response:
         state.metrics.errors.labels(err.code or err.type).inc()
         state.metrics.requests.labels(str(err.status), "false").inc()
     return _json(err.to_dict(), err.status, err.headers())
+
+
+def _internal_error(rid: str) -> Response:
+    body = {"error": {"message": f"internal error in the gateway (request {rid})", "type": "server_error",
+                      "param": None, "code": None}}
+    return _json(body, 500)
+
+
+class Observe:
+    """Gives every HTTP request its id (``x-request-id`` on every response) and its access record,
+    writes the record's line when the response ends (a stream's own end writes it otherwise), and
+    contains errors: an exception nothing else handled becomes a 500 naming the request id, with
+    one log line. Starlette's handler for ``Exception`` answers and then re-raises, so uvicorn logs
+    a traceback and closes the keep-alive connection: this answers and stops. After the response
+    started there is nothing to answer with; the connection closes (the response is incomplete)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        rid = request_id(sent.decode("latin-1") if sent is not None else None)
+        state = getattr(getattr(scope.get("app"), "state", None), "gateway", None)
+        enabled = state.config.server.access_log if state is not None else True
+        rec = AccessRecord(rid, scope["method"], scope["path"], time.perf_counter(), enabled)
+        scope[SCOPE_KEY] = rec
+        header = (b"x-request-id", rid.encode())
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                rec.status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tagged)
+        except Exception as exc:
+            log.error("unhandled error on %s %s [request %s]: %s", scope["method"], scope["path"], rid,
+                      type(exc).__name__)
+            log.debug("request %s", rid, exc_info=exc)  # the traceback, for whoever turns debug on
+            rec.error = rec.error or "internal_error"
+            if rec.status == 0:
+                await _internal_error(rid)(scope, receive, tagged)
+        finally:
+            if not rec.relaying:
+                rec.finish()
 
 
 def create_app(

@@ -1,4 +1,4 @@
-"""Per-request observability: one request id, one JSON access-log line, and OpenTelemetry spans when
+"""Per-request observability: the request id, the JSON access-log line, and OpenTelemetry spans when
 an OTLP endpoint is configured. Without one nothing here imports opentelemetry, and the spans are a
 shared no-op (tests/test_observability.py checks both)."""
 
@@ -16,13 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-log = logging.getLogger(__name__)
 ACCESS = logging.getLogger("cscr.access")
 
-_SCOPE_KEY = "cscr.access"
+SCOPE_KEY = "cscr.access"  # where the middleware (gateway.app.Observe) keeps the record
 # A caller's id is echoed in a header and in every log line: visible ASCII, bounded, else replaced.
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
@@ -120,59 +117,10 @@ def detached() -> AccessRecord:
 
 def access_of(request: Request) -> AccessRecord:
     """The request's record, made by ``Observe`` (a detached one when the app runs without it)."""
-    rec = request.scope.get(_SCOPE_KEY)
+    rec = request.scope.get(SCOPE_KEY)
     if not isinstance(rec, AccessRecord):
-        rec = request.scope[_SCOPE_KEY] = detached()
+        rec = request.scope[SCOPE_KEY] = detached()
     return rec
-
-
-def _internal_error(rid: str) -> Response:
-    body = {"error": {"message": f"internal error in the gateway (request {rid})", "type": "server_error",
-                      "param": None, "code": None}}
-    return Response(json.dumps(body).encode(), 500, media_type="application/json")
-
-
-class Observe:
-    """Gives every HTTP request its id (``x-request-id`` on every response) and its access record,
-    writes the record's line when the response ends (a stream's own end writes it otherwise), and
-    contains errors: an exception nothing else handled becomes a 500 naming the request id, with
-    one log line. Starlette's handler for ``Exception`` answers and then re-raises, so uvicorn logs
-    a traceback and closes the keep-alive connection: this answers and stops. After the response
-    started there is nothing to answer with; the connection closes (the response is incomplete)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        sent = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        rid = request_id(sent.decode("latin-1") if sent is not None else None)
-        state = getattr(getattr(scope.get("app"), "state", None), "gateway", None)
-        enabled = state.config.server.access_log if state is not None else True
-        rec = AccessRecord(rid, scope["method"], scope["path"], time.perf_counter(), enabled)
-        scope[_SCOPE_KEY] = rec
-        header = (b"x-request-id", rid.encode())
-
-        async def tagged(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                rec.status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), header]}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tagged)
-        except Exception as exc:
-            log.error("unhandled error on %s %s [request %s]: %s", scope["method"], scope["path"], rid,
-                      type(exc).__name__)
-            log.debug("request %s", rid, exc_info=exc)  # the traceback, for whoever turns debug on
-            rec.error = rec.error or "internal_error"
-            if rec.status == 0:
-                await _internal_error(rid)(scope, receive, tagged)
-        finally:
-            if not rec.relaying:
-                rec.finish()
 
 
 # --- tracing ----------------------------------------------------------------------------------------

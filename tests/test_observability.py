@@ -148,7 +148,7 @@ def test_every_response_has_a_request_id_and_one_access_line(gateway: str, lines
 def test_a_500_names_the_same_request_id_in_body_header_and_log(gateway: str, lines: Lines,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     body = {"model": "auto", "messages": [{"role": "user", "content": "boom"}]}
-    with caplog.at_level(logging.ERROR, logger="gateway.observe"):
+    with caplog.at_level(logging.ERROR, logger="gateway.app"):
         r = httpx.post(gateway + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {SECRET}"})
         mine = httpx.post(gateway + "/v1/chat/completions", json=body,
                           headers={"authorization": f"Bearer {SECRET}", "x-request-id": "req-500"})
