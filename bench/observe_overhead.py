@@ -53,7 +53,7 @@ def _metrics_per_request(n: int) -> float:
     for _ in range(n):
         m.requests.labels("200", "true").inc()
         m.stream_endings.labels("ok").inc()
-        m.latency.labels("true").observe(0.2)
+        m.stream_seconds.observe(0.2)
         m.ttft.observe(0.05)
         m.key_spend.labels("team").inc(0.0001)
         m.key_budget_remaining.labels("team").set(4.2)
