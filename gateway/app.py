@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from gateway.errors import GatewayError, ModelNotFound
 from gateway.forward import Forwarder
 from gateway.health import ProviderHealth
 from gateway.metrics import Metrics
+from gateway.observe import SCOPE_KEY, AccessRecord, Tracing, access_of, request_id
 from gateway.policy import auto_model_names
 from gateway.proxy import GatewayState, handle_chat
 from gateway.reload import ConfigReloader
@@ -78,11 +79,19 @@ SERVED = ("POST /v1/chat/completions, POST /v1/responses, POST /v1/messages, POS
           "POST /v1/completions, GET /v1/models, GET /v1/models/{id}")
 
 
-class ContainErrors:
-    """An exception nothing else handled becomes a 500 with a request id and one log line.
-    Starlette's handler for ``Exception`` answers and then re-raises, so uvicorn logs a traceback
-    and closes the keep-alive connection: this answers and stops. After the response started
-    there is nothing to answer with; the connection closes (the response is incomplete)."""
+def _internal_error(rid: str) -> Response:
+    body = {"error": {"message": f"internal error in the gateway (request {rid})", "type": "server_error",
+                      "param": None, "code": None}}
+    return _json(body, 500)
+
+
+class Observe:
+    """Gives every HTTP request its id (``x-request-id`` on every response) and its access record,
+    writes the record's line when the response ends (a stream's own end writes it otherwise), and
+    contains errors: an exception nothing else handled becomes a 500 naming the request id, with
+    one log line. Starlette's handler for ``Exception`` answers and then re-raises, so uvicorn logs
+    a traceback and closes the keep-alive connection: this answers and stops. After the response
+    started there is nothing to answer with; the connection closes (the response is incomplete)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -91,24 +100,32 @@ class ContainErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        sent = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        rid = request_id(sent.decode("latin-1") if sent is not None else None)
+        state = getattr(getattr(scope.get("app"), "state", None), "gateway", None)
+        enabled = state.config.server.access_log if state is not None else True
+        rec = AccessRecord(rid, scope["method"], scope["path"], time.perf_counter(), enabled)
+        scope[SCOPE_KEY] = rec
+        header = (b"x-request-id", rid.encode())
 
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                rec.status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
 
         try:
-            await self.app(scope, receive, tracked)
+            await self.app(scope, receive, tagged)
         except Exception as exc:
-            rid = uuid.uuid4().hex[:16]
             log.error("unhandled error on %s %s [request %s]: %s", scope["method"], scope["path"], rid,
                       type(exc).__name__)
             log.debug("request %s", rid, exc_info=exc)  # the traceback, for whoever turns debug on
-            if not started:
-                body = {"error": {"message": f"internal error in the gateway (request {rid})", "type": "server_error",
-                                  "param": None, "code": None}}
-                await _json(body, 500, {"x-request-id": rid})(scope, receive, send)
+            rec.error = rec.error or "internal_error"
+            if rec.status == 0:
+                await _internal_error(rid)(scope, receive, tagged)
+        finally:
+            if not rec.relaying:
+                rec.finish()
 
 
 def create_app(
@@ -127,8 +144,9 @@ def create_app(
                                                       server.store_socket_timeout_s))
         metrics = Metrics()
         forwarder = Forwarder(config.providers)  # knows the provider keys, to scrub them from upstream errors
+        tracing = Tracing(server.otlp_endpoint)  # no opentelemetry import unless an endpoint is set
         state = GatewayState(config, forwarder, policy, store, metrics, SettlementQueue(store), problem,
-                             health=ProviderHealth(store, metrics))
+                             health=ProviderHealth(store, metrics), tracing=tracing)
         holder["state"] = state
         app.state.gateway = state
         state.reloader = ConfigReloader(state, Path(config_path) if config_path else None, config_text, env)
@@ -146,6 +164,7 @@ def create_app(
                 log.error("%d settlements could not reach the store before shutdown", state.settlements.pending)
             await state.forwarder.aclose()
             await state.store.aclose()
+            await asyncio.to_thread(state.tracing.shutdown)  # exports what is queued (bounded)
 
     def state_of(request: Request) -> GatewayState:
         state: GatewayState = request.app.state.gateway
@@ -156,6 +175,7 @@ def create_app(
         try:
             return await handle_chat(state, request)
         except GatewayError as err:
+            access_of(request).error = err.code or err.type
             return _error_response(err, state)
 
     def endpoint(handler: Any, shape: str = "openai") -> Any:
@@ -251,5 +271,5 @@ def create_app(
     ]
     return Starlette(
         routes=routes, lifespan=lifespan,
-        exception_handlers={HTTPException: http_error}, middleware=[Middleware(ContainErrors)],
+        exception_handlers={HTTPException: http_error}, middleware=[Middleware(Observe)],
     )

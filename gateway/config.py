@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ class ServerConfig:
     provider_failure_threshold: int = 3  # consecutive failures/timeouts that put a provider in cooldown; 0 = never
     provider_cooldown_s: float = 30.0  # how long a provider is skipped before one request probes it
     provider_failure_window_s: float = 60.0  # failures further apart than this do not add up
+    access_log: bool = True  # one JSON line per request on the ``cscr.access`` logger
+    otlp_endpoint: str | None = None  # OTLP/HTTP base URL for spans (else $OTEL_EXPORTER_OTLP_ENDPOINT); None: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +201,33 @@ class _Reader:
             raise ConfigError(self.file, self._field(str(unknown[0])), "unknown key")
 
 
+OTLP_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+
+
+def _otlp_endpoint(r: _Reader | None, env: Mapping[str, str]) -> str | None:
+    """``server.otlp_endpoint``, else the standard OpenTelemetry variable; checked here so a typo is
+    one start-up error naming where it came from, not spans silently lost."""
+    value = r.get("otlp_endpoint", str) if r is not None else None
+    where = "server.otlp_endpoint"
+    if value is None:
+        value, where = env.get(OTLP_ENV) or None, f"environment variable {OTLP_ENV}"
+    if value is None:
+        return None
+    parsed = urllib.parse.urlsplit(value)
+    try:
+        port_ok = parsed.port is None or parsed.port > 0
+    except ValueError:  # not a number, or out of range
+        port_ok = False
+    if not (parsed.scheme in ("http", "https") and parsed.hostname and port_ok and not parsed.query
+            and not parsed.fragment and parsed.username is None and not any(c.isspace() for c in value)):
+        file = r.file if r is not None else "<environment>"
+        raise ConfigError(file, where, f"{value!r} is not an http(s)://host[:port][/path] URL (OTLP/HTTP)")
+    return value.rstrip("/")
+
+
 def _server(r: _Reader | None, env: Mapping[str, str]) -> ServerConfig:
     if r is None:
-        return ServerConfig()
+        return ServerConfig(otlp_endpoint=_otlp_endpoint(None, env))
     d = ServerConfig()
     failure = r.get("store_failure", str, d.store_failure)
     if failure not in ("closed", "open"):
@@ -228,6 +255,8 @@ def _server(r: _Reader | None, env: Mapping[str, str]) -> ServerConfig:
         provider_failure_threshold=r.get("provider_failure_threshold", int, d.provider_failure_threshold),
         provider_cooldown_s=r.number("provider_cooldown_s", d.provider_cooldown_s, lo=0.001),
         provider_failure_window_s=r.number("provider_failure_window_s", d.provider_failure_window_s, lo=0.001),
+        access_log=r.get("access_log", bool, d.access_log),
+        otlp_endpoint=_otlp_endpoint(r, env),
     )
     for name in ("max_body_bytes", "max_attempts", "estimate_output_tokens", "max_output_tokens",
                  "store_max_connections"):

@@ -27,6 +27,7 @@ from gateway.config import Mode
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.forward import DirectTransport
 from gateway.keys import authenticate, budget_account
+from gateway.observe import access_of
 from gateway.policy import cost_cap, eligible, estimate_cost, resolve_target
 from gateway.proxy import GatewayState, Plan
 from gateway.tokens import count_text
@@ -43,7 +44,7 @@ def _json(body: Any, headers: dict[str, str]) -> Response:
 
 
 def _done(state: GatewayState, plan: Plan) -> None:
-    state.metrics.requests.labels("ok", "false").inc()
+    state.metrics.requests.labels("200", "false").inc()
     state.metrics.latency.observe(time.perf_counter() - plan.started)
 
 
@@ -142,10 +143,13 @@ async def _plan_passthrough(state: GatewayState, request: Request, mode: Mode) -
     started = time.perf_counter()
     config, limit = state.config, state.config.server.max_body_bytes
     key = await state.store_op("key lookup", authenticate(config, state.store, request.headers))
+    rec = access_of(request)
+    rec.key = key.name if key is not None else None
     body = parse_body(await proxy.read_body(request, limit), limit)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
+    rec.model = model
     if mode == "embedding":
         texts, prompt_tokens = _texts(body, "input")
         bound, n, max_out = 0, 1, None
@@ -180,7 +184,8 @@ async def _plan_passthrough(state: GatewayState, request: Request, mode: Mode) -
         state.metrics.routing.observe(routing_s)
         state.metrics.decisions.labels(fits[0].name, policy).inc()
     request_view = ChatRequest(body, model, False, False, max_out, n)
-    return Plan(request_view, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered)
+    return Plan(request_view, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered,
+                access=rec)
 
 
 def _billable_usage(payload: dict[str, Any]) -> Any:
@@ -216,6 +221,8 @@ async def _pass_through(state: GatewayState, plan: Plan, path: str) -> Response:
         actual = priced[0] if priced else plan.estimates[provider.name]
         live = await proxy._settle(state, res, actual)
         proxy._account(state, provider, priced, actual)
+        proxy._key_spend(state, plan, res, actual, live)
+        plan.access.cost_usd = actual
         headers = proxy._headers(state, plan, provider, upstream_s)
         headers["x-cscr-cost-usd"] = f"{actual:.8f}"
         headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"

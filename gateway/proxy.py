@@ -32,6 +32,7 @@ from gateway.forward import Chunk, Forwarder
 from gateway.health import ProviderHealth
 from gateway.keys import authenticate, budget_account
 from gateway.metrics import Metrics
+from gateway.observe import AccessRecord, Tracing, access_of, detached
 from gateway.policy import cost_cap, eligible, estimate_cost, resolve_target
 from gateway.store import Reservation, SettlementQueue, Store, StoreBusy, new_reservation_id, redact_text, redact_url
 from gateway.tokens import count_messages, count_text
@@ -56,6 +57,7 @@ class GatewayState:
     router_problem: str | None = None  # why the configured router is not in use, if it is not
     reloader: Any = None  # gateway.reload.ConfigReloader, set by the app
     health: ProviderHealth | None = None  # provider cooldowns; None: every provider is always tried
+    tracing: Tracing = field(default_factory=lambda: Tracing(None))  # spans; off unless an OTLP endpoint is set
 
     async def store_op(self, what: str, op: Any) -> Any:
         """Await a store operation; an unreachable store becomes StoreUnavailable (and is counted).
@@ -98,6 +100,7 @@ class Plan:
     cap: float | None = None  # the most this request may cost (header, key's per-request cap, budget)
     output_cap: int | None = None  # output tokens reserved and sent upstream as the limit; None: not metered
     expected_output: int = 0  # output tokens the estimates assume (max_tokens, else the server's expectation)
+    access: AccessRecord = field(default_factory=detached)  # the access-log line and the trace
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -120,11 +123,15 @@ async def plan_request(state: GatewayState, request: Request,
     ``gateway.anthropic``); it runs after authentication, so a stranger learns nothing from a 400."""
     started = time.perf_counter()
     config = state.config
+    rec = access_of(request)
+    rec.trace = state.tracing.start("chat", request.headers)
     key = await state.store_op("key lookup", authenticate(config, state.store, request.headers))
+    rec.key = key.name if key is not None else None
     body = parse_body(await read_body(request, config.server.max_body_bytes), config.server.max_body_bytes)
     if translate is not None:
         body = translate(body)
     chat = validate_chat(body)
+    rec.model, rec.stream = chat.model, chat.stream
     target = resolve_target(config, chat.model, key, request.headers)
     prompt_tokens = count_messages(body["messages"], body.get("tools"), config.server.image_tokens)
     # Routing and eligibility use the expected output; a metered request reserves (and sends
@@ -142,10 +149,11 @@ async def plan_request(state: GatewayState, request: Request,
         t = time.perf_counter()
         candidates = [Candidate(p.name, p.expert, estimates[p.name]) for p in fits]
         prompt = routing_prompt(body["messages"])
-        if getattr(state.router, "blocking", False):
-            ranking = await asyncio.to_thread(state.router.rank, prompt, candidates, target.tradeoff)
-        else:
-            ranking = state.router.rank(prompt, candidates, target.tradeoff)
+        with rec.trace.span("route"):
+            if getattr(state.router, "blocking", False):
+                ranking = await asyncio.to_thread(state.router.rank, prompt, candidates, target.tradeoff)
+            else:
+                ranking = state.router.rank(prompt, candidates, target.tradeoff)
         routing_s = time.perf_counter() - t
         by_name = {p.name: p for p in fits}
         fits = [by_name[n] for n in ranking.names]
@@ -156,8 +164,10 @@ async def plan_request(state: GatewayState, request: Request,
         fits = await state.health.usable(fits, named=not target.routed)
     metered = key is not None and cap is not None
     output_cap = (chat.max_output_tokens or config.server.max_output_tokens) if metered else None
-    return Plan(chat, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered,
-                cap=cap, output_cap=output_cap, expected_output=expected)
+    plan = Plan(chat, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered,
+                cap=cap, output_cap=output_cap, expected_output=expected, access=rec)
+    rec.tried, rec.policy = plan.tried, policy  # the same list: it grows as providers are tried
+    return plan
 
 
 async def _admit(state: GatewayState, key: KeyConfig | None, account: str | None, tokens: int) -> bool:
@@ -270,7 +280,8 @@ async def _attempts(state: GatewayState, plan: Plan) -> AsyncIterator[tuple[Prov
             skipped.append(provider.name)
             continue
         left = _deadline_left(state, plan)
-        res, live = await _reserve(state, plan, provider)
+        with plan.access.trace.span("reserve", provider.name):
+            res, live = await _reserve(state, plan, provider)
         if res is None and key is not None and key.budget_usd is not None:
             remaining = max(key.budget_usd - live, 0.0)
             skipped.append(provider.name)
@@ -373,6 +384,7 @@ def _answer_text(payload: dict[str, Any]) -> str:
 def _headers(state: GatewayState, plan: Plan, provider: ProviderConfig, upstream_s: float) -> dict[str, str]:
     spent_in_gateway = time.perf_counter() - plan.started - upstream_s
     state.metrics.overhead.observe(spent_in_gateway)
+    plan.access.provider, plan.access.cost_estimate_usd = provider.name, plan.estimates[provider.name]
     return {
         "x-cscr-provider": provider.name,
         "x-cscr-policy": plan.policy,
@@ -428,7 +440,8 @@ async def complete(state: GatewayState, plan: Plan) -> Response:
         t = time.perf_counter()
         try:
             transport = state.forwarder.for_provider(provider)
-            payload = await asyncio.wait_for(transport.complete(provider, plan.request.body), left)
+            with plan.access.trace.span("upstream", provider.name):
+                payload = await asyncio.wait_for(transport.complete(provider, plan.request.body), left)
         except UpstreamError as err:
             await _attempt_failed(state, plan, res, err, failures)
             continue
@@ -440,8 +453,13 @@ async def complete(state: GatewayState, plan: Plan) -> Response:
             await state.health.success(provider.name)
         priced = _usage_cost(state, plan, provider, payload.get("usage"), functools.partial(_answer_text, payload))
         actual = priced[0] if priced else plan.estimates[provider.name]  # no usage: bill the estimate
-        live = await _settle(state, res, actual)
+        with plan.access.trace.span("settle", provider.name):
+            live = await _settle(state, res, actual)
         _account(state, provider, priced, actual)
+        _key_spend(state, plan, res, actual, live)
+        if isinstance(payload.get("usage"), dict):
+            payload["usage"]["cost"] = actual  # as OpenRouter does; also x-cscr-cost-usd
+        plan.access.cost_usd = actual
         headers = _headers(state, plan, provider, upstream_s)
         headers["x-cscr-cost-usd"] = f"{actual:.8f}"
         headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
@@ -463,6 +481,19 @@ def _account(state: GatewayState, provider: ProviderConfig, priced: tuple[float,
         m.tokens.labels(provider.name, "output").inc(max(priced[2], 0))
 
 
+def _key_spend(state: GatewayState, plan: Plan, res: Reservation | None, actual: float, live: float | None) -> None:
+    """Per key: what was charged (as ``_settle`` records it, capped at the reservation) and what
+    is left of the budget after it."""
+    key = plan.key
+    if key is None or res is None:
+        return
+    charged = min(actual, res.amount) if res.capped else actual
+    if math.isfinite(charged) and charged > 0:
+        state.metrics.key_spend.labels(key.name).inc(charged)
+    if key.budget_usd is not None and live is not None and not plan.unmetered:
+        state.metrics.key_budget_remaining.labels(key.name).set(key.budget_usd - live)
+
+
 def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
@@ -482,7 +513,8 @@ async def stream(state: GatewayState, plan: Plan) -> Response:
         t = time.perf_counter()
         chunks = state.forwarder.for_provider(provider).stream(provider, body)  # an async generator
         try:
-            first = await asyncio.wait_for(anext(chunks), left)
+            with plan.access.trace.span("upstream", provider.name):  # to the first chunk
+                first = await asyncio.wait_for(anext(chunks), left)
         except UpstreamError as err:
             await _attempt_failed(state, plan, res, err, failures)
             continue
@@ -498,7 +530,8 @@ async def stream(state: GatewayState, plan: Plan) -> Response:
         state.metrics.upstream.labels(provider.name).observe(upstream_s)  # to the first chunk
         if state.health is not None:
             await state.health.success(provider.name)
-        state.metrics.latency.observe(time.perf_counter() - plan.started)
+        plan.access.ttft_s = time.perf_counter() - plan.started
+        state.metrics.ttft.observe(plan.access.ttft_s)
         headers = _headers(state, plan, provider, upstream_s)
         headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
         if plan.unmetered:
@@ -514,8 +547,11 @@ async def _relay(
 ) -> AsyncIterator[bytes]:
     """Relay the stream; once it has started a failure is an SSE error event, never a silent cut and
     never a retry. Spend is settled whatever happens: usage from the stream, else the tokens seen.
-    Chunks the gateway does not change go out as the provider's bytes, not re-encoded."""
+    Chunks the gateway does not change go out as the provider's bytes, not re-encoded. The usage
+    chunk, when the caller asked for it, carries the actual cost (``usage.cost``, USD)."""
+    plan.access.relaying = True  # this generator's end writes the access line
     usage: Any = None
+    priced: tuple[float, int, int] | None = None
     text: list[str] = []
     outcome = "ok"
     try:
@@ -529,10 +565,10 @@ async def _relay(
                         item = await anext(chunks, None)
                         continue
                     chunk, raw = {k: v for k, v in chunk.items() if k != "usage"}, None
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") or {}
-                if isinstance(delta.get("content"), str):
-                    text.append(delta["content"])
+            _add_text(chunk, text)
+            if isinstance(chunk.get("usage"), dict):  # the caller asked for usage: it gets the cost too
+                priced = _usage_cost(state, plan, provider, chunk["usage"], lambda: "".join(text))
+                chunk, raw = {**chunk, "usage": {**chunk["usage"], "cost": priced[0] if priced else None}}, None
             yield b"data: " + raw + b"\n\n" if raw is not None else _sse(chunk)
             item = await anext(chunks, None)
         yield b"data: [DONE]\n\n"
@@ -552,14 +588,35 @@ async def _relay(
     finally:
         with anyio.CancelScope(shield=True):
             await chunks.aclose()
-            priced = _usage_cost(state, plan, provider, usage, lambda: "".join(text))
+            priced = priced or _usage_cost(state, plan, provider, usage, lambda: "".join(text))
             if priced is None:
                 # No usage (stream cut or client gone): charge what was generated, as counted here.
                 completion = count_text("".join(text))
                 priced = (provider.cost(plan.prompt_tokens, completion), plan.prompt_tokens, completion)
-            await _settle(state, res, priced[0])
+            with plan.access.trace.span("settle", provider.name):
+                live = await _settle(state, res, priced[0])
             _account(state, provider, priced, priced[0])
-            state.metrics.requests.labels(outcome, "true").inc()
+            _key_spend(state, plan, res, priced[0], live)
+            _stream_ended(state, plan, outcome, priced[0])
+
+
+def _add_text(chunk: dict[str, Any], text: list[str]) -> None:
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if isinstance(delta.get("content"), str):
+            text.append(delta["content"])
+
+
+def _stream_ended(state: GatewayState, plan: Plan, outcome: str, cost: float) -> None:
+    m = state.metrics
+    m.requests.labels("200", "true").inc()  # the status the client got; how it ended is counted apart
+    m.stream_endings.labels(outcome).inc()
+    m.stream_seconds.observe(time.perf_counter() - plan.started)
+    rec = plan.access
+    rec.cost_usd = cost
+    if outcome != "ok":
+        rec.error = "client_disconnect" if outcome == "client_disconnect" else "stream_interrupted"
+    rec.finish()
 
 
 async def handle_chat(state: GatewayState, request: Request) -> Response:
@@ -567,6 +624,6 @@ async def handle_chat(state: GatewayState, request: Request) -> Response:
     if plan.request.stream:
         return await stream(state, plan)
     response = await complete(state, plan)
-    state.metrics.requests.labels("ok", "false").inc()
+    state.metrics.requests.labels("200", "false").inc()
     state.metrics.latency.observe(time.perf_counter() - plan.started)
     return response

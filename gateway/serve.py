@@ -30,12 +30,16 @@ CHATTY_LOGGERS = ("faiss", "model2vec", "skeletoken", "sentence_transformers", "
 UPSTREAM_START_S = 60.0  # loading the replay set takes ~1-3 s; a slow disk or busy box gets margin
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, fmt: str = "text", access: bool = True) -> None:
     """Our loggers at ``level``; third-party ones at WARNING, except transformers at ERROR: its
     "BertModel LOAD REPORT ... UNEXPECTED position_ids" warning is benign and reads like a failure.
-    Progress bars off unless debugging (they are not log lines)."""
+    Progress bars off unless debugging (they are not log lines). ``fmt``: ``text`` or ``json`` lines
+    on stderr; the access log (``cscr.access``) is at INFO whatever ``level`` is, unless ``access`` is
+    False (or ``server.access_log: false``)."""
+    from gateway.observe import configure_logging
+
     name = level.upper()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("warning", fmt, access)
     for ours in OUR_LOGGERS:
         logging.getLogger(ours).setLevel(name)
     if name == "DEBUG":
@@ -56,6 +60,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="level of our own log lines (third-party load chatter shows from WARNING)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="json: every log line is one JSON object (access-log fields at top level)")
+    parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                        help="one JSON line per request on the cscr.access logger (also server.access_log)")
     parser.add_argument(
         "--workers", type=int, default=1,
         help="worker processes (uvicorn); all shared state must then live in a redis:// store",
@@ -135,7 +143,10 @@ class Upstream:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format, args.access_log)
+    # Worker processes (--workers N) set up their own logging the same way (app_factory).
+    os.environ["CSCR_LOG_LEVEL"], os.environ["CSCR_LOG_FORMAT"] = args.log_level, args.log_format
+    os.environ["CSCR_ACCESS_LOG"] = "1" if args.access_log else "0"
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     upstream = Upstream.start(args.with_upstream, args.log_level) if args.with_upstream is not None else None
     serving = threading.Event()
@@ -181,6 +192,8 @@ def _serve(args: argparse.Namespace, upstream: Upstream | None, serving: threadi
     if args.workers > 1 and config.store.startswith("memory://"):
         print("cscr serve: warning: --workers > 1 with a memory:// store gives each worker its own budgets; "
               "use a redis:// store to share them", file=sys.stderr)
+    # json: uvicorn's own lines go through the same handler (log_config=None: uvicorn adds none).
+    log_kw: dict[str, Any] = {"log_config": None} if args.log_format == "json" else {}
     if args.workers > 1:
         # Workers are separate processes: each builds its app from the config path. The supervisor
         # stops them all on SIGTERM, which is how the watchdog stops it.
@@ -189,12 +202,13 @@ def _serve(args: argparse.Namespace, upstream: Upstream | None, serving: threadi
             upstream.watch(lambda: os.kill(os.getpid(), signal.SIGTERM))
         serving.set()
         uvicorn.run("gateway.serve:app_factory", factory=True, host=args.host, port=args.port,
-                    workers=args.workers, log_level=args.log_level, access_log=False,
+                    workers=args.workers, log_level=args.log_level, access_log=False, **log_kw,
                     timeout_graceful_shutdown=args.graceful_timeout)
     else:
         app = create_app(config, config_path=args.config, config_text=text)
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                               access_log=False, timeout_graceful_shutdown=args.graceful_timeout))
+                                               access_log=False, timeout_graceful_shutdown=args.graceful_timeout,
+                                               **log_kw))
         if upstream is not None:
             upstream.watch(lambda: setattr(server, "should_exit", True))
         serving.set()
@@ -212,6 +226,8 @@ def app_factory() -> Any:
     from gateway.app import create_app
     from gateway.config import parse_config_text, read_config_text
 
+    setup_logging(os.environ.get("CSCR_LOG_LEVEL", "info"), os.environ.get("CSCR_LOG_FORMAT", "text"),
+                  os.environ.get("CSCR_ACCESS_LOG", "1") == "1")
     path = os.environ["CSCR_CONFIG"]
     text = read_config_text(path)
     return create_app(parse_config_text(text, path), config_path=path, config_text=text)

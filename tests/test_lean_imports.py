@@ -15,7 +15,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 HEAVY = ("torch", "transformers", "sentence_transformers", "pandas", "pyarrow", "sklearn", "matplotlib",
-         "onnxruntime", "onnx", "gguf", "accelerate")
+         "onnxruntime", "onnx", "gguf", "accelerate", "opentelemetry")  # tracing: only with an OTLP endpoint
 
 # What `cscr serve` does (gateway.serve.main up to uvicorn.run), then the app's lifespan (router,
 # store, reloader) and two requests through the real app.
