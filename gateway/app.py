@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import anthropic, endpoints
 from gateway.admin import admin_routes
 from gateway.config import GatewayConfig
+from gateway.dashboard import dashboard_routes
 from gateway.errors import GatewayError, ModelNotFound
 from gateway.forward import Forwarder
 from gateway.health import ProviderHealth
@@ -29,6 +30,7 @@ from gateway.metrics import Metrics
 from gateway.policy import auto_model_names
 from gateway.proxy import GatewayState, handle_chat
 from gateway.reload import ConfigReloader
+from gateway.stats import StatsRecorder
 from gateway.store import SettlementQueue, StoreOptions, open_store, redact_text, redact_url
 from router_core.types import CostOnlyPolicy, RoutingPolicy
 
@@ -129,6 +131,7 @@ def create_app(
         forwarder = Forwarder(config.providers)  # knows the provider keys, to scrub them from upstream errors
         state = GatewayState(config, forwarder, policy, store, metrics, SettlementQueue(store), problem,
                              health=ProviderHealth(store, metrics))
+        state.stats = StatsRecorder(store, metrics)
         holder["state"] = state
         app.state.gateway = state
         state.reloader = ConfigReloader(state, Path(config_path) if config_path else None, config_text, env)
@@ -142,6 +145,7 @@ def create_app(
         finally:
             await state.reloader.stop()
             await state.settlements.flush(timeout_s=5.0)
+            await state.stats.drain(timeout_s=5.0)
             if state.settlements.pending:
                 log.error("%d settlements could not reach the store before shutdown", state.settlements.pending)
             await state.forwarder.aclose()
@@ -248,6 +252,7 @@ def create_app(
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *admin_routes(),
+        *dashboard_routes(),
     ]
     return Starlette(
         routes=routes, lifespan=lifespan,

@@ -47,6 +47,7 @@ class ServerConfig:
     provider_failure_threshold: int = 3  # consecutive failures/timeouts that put a provider in cooldown; 0 = never
     provider_cooldown_s: float = 30.0  # how long a provider is skipped before one request probes it
     provider_failure_window_s: float = 60.0  # failures further apart than this do not add up
+    savings_reference: str | None = None  # the provider savings are measured against; None = the dearest
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +229,7 @@ def _server(r: _Reader | None, env: Mapping[str, str]) -> ServerConfig:
         provider_failure_threshold=r.get("provider_failure_threshold", int, d.provider_failure_threshold),
         provider_cooldown_s=r.number("provider_cooldown_s", d.provider_cooldown_s, lo=0.001),
         provider_failure_window_s=r.number("provider_failure_window_s", d.provider_failure_window_s, lo=0.001),
+        savings_reference=r.get("savings_reference", str),
     )
     for name in ("max_body_bytes", "max_attempts", "estimate_output_tokens", "max_output_tokens",
                  "store_max_connections"):
@@ -432,6 +434,8 @@ def parse_config(raw: Any, source: str = "<memory>", env: Mapping[str, str] | No
             raise ConfigError(source, f"providers[{i}].name", f"duplicate provider {p.name!r}")
         providers.append(p)
     names = {p.name for p in providers}
+    if server.savings_reference is not None and server.savings_reference not in names:
+        raise ConfigError(source, "server.savings_reference", f"unknown provider {server.savings_reference!r}")
     keys = [_key(_Reader(source, f"keys[{i}]", item), names) for i, item in enumerate(root.get("keys", list, []))]
     root.done()
     return GatewayConfig(

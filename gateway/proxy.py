@@ -17,6 +17,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway import stats
 from gateway.config import GatewayConfig, KeyConfig, ProviderConfig
 from gateway.errors import (
     AllProvidersFailed,
@@ -56,6 +57,7 @@ class GatewayState:
     router_problem: str | None = None  # why the configured router is not in use, if it is not
     reloader: Any = None  # gateway.reload.ConfigReloader, set by the app
     health: ProviderHealth | None = None  # provider cooldowns; None: every provider is always tried
+    stats: Any = None  # gateway.stats.StatsRecorder, set by the app: usage for the dashboard
 
     async def store_op(self, what: str, op: Any) -> Any:
         """Await a store operation; an unreachable store becomes StoreUnavailable (and is counted).
@@ -98,6 +100,8 @@ class Plan:
     cap: float | None = None  # the most this request may cost (header, key's per-request cap, budget)
     output_cap: int | None = None  # output tokens reserved and sent upstream as the limit; None: not metered
     expected_output: int = 0  # output tokens the estimates assume (max_tokens, else the server's expectation)
+    tradeoff: float | None = None  # the trade-off T the router was asked for; None: not routed
+    predicted: dict[str, float] = field(default_factory=dict)  # the router's p-hat per candidate, where it has one
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -138,6 +142,7 @@ async def plan_request(state: GatewayState, request: Request,
     fits = eligible(target.providers, estimates, cap)
     routing_s = 0.0
     policy = "named"
+    predicted: dict[str, float] = {}
     if target.routed:
         t = time.perf_counter()
         candidates = [Candidate(p.name, p.expert, estimates[p.name]) for p in fits]
@@ -150,6 +155,7 @@ async def plan_request(state: GatewayState, request: Request,
         by_name = {p.name: p for p in fits}
         fits = [by_name[n] for n in ranking.names]
         policy = ranking.policy
+        predicted = stats.predicted_quality(ranking)
         state.metrics.routing.observe(routing_s)
         state.metrics.decisions.labels(fits[0].name, policy).inc()
     if state.health is not None:
@@ -157,7 +163,8 @@ async def plan_request(state: GatewayState, request: Request,
     metered = key is not None and cap is not None
     output_cap = (chat.max_output_tokens or config.server.max_output_tokens) if metered else None
     return Plan(chat, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered,
-                cap=cap, output_cap=output_cap, expected_output=expected)
+                cap=cap, output_cap=output_cap, expected_output=expected,
+                tradeoff=target.tradeoff if target.routed else None, predicted=predicted)
 
 
 async def _admit(state: GatewayState, key: KeyConfig | None, account: str | None, tokens: int) -> bool:
@@ -442,6 +449,7 @@ async def complete(state: GatewayState, plan: Plan) -> Response:
         actual = priced[0] if priced else plan.estimates[provider.name]  # no usage: bill the estimate
         live = await _settle(state, res, actual)
         _account(state, provider, priced, actual)
+        stats.record_request(state, plan, provider, priced, actual)
         headers = _headers(state, plan, provider, upstream_s)
         headers["x-cscr-cost-usd"] = f"{actual:.8f}"
         headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
@@ -559,6 +567,7 @@ async def _relay(
                 priced = (provider.cost(plan.prompt_tokens, completion), plan.prompt_tokens, completion)
             await _settle(state, res, priced[0])
             _account(state, provider, priced, priced[0])
+            stats.record_request(state, plan, provider, priced, priced[0])
             state.metrics.requests.labels(outcome, "true").inc()
 
 
