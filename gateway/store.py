@@ -379,6 +379,18 @@ end
 return out
 """
 
+# --- usage statistics ---
+# KEYS: the buckets. ARGV: one TTL (s) per bucket, then field, amount, field, amount, ...
+_STATS_ADD = """
+local n = #KEYS
+for i, key in ipairs(KEYS) do
+  for j = n + 1, #ARGV, 2 do redis.call('HINCRBY', key, ARGV[j], ARGV[j + 1]) end
+  redis.call('EXPIRE', key, ARGV[i])
+end
+return n
+"""
+# --- end usage statistics ---
+
 
 class RedisStore:
     """Shared by replicas. Every read-modify-write is one Lua script (atomic on the server)."""
@@ -404,6 +416,7 @@ class RedisStore:
         self._spent = self._redis.register_script(_SPENT)
         self._hit = self._redis.register_script(_HIT)
         self._release = self._redis.register_script(_RELEASE)
+        self._stats_add = self._redis.register_script(_STATS_ADD)
 
     def _account_keys(self, account: str) -> list[str]:
         # {account} is a hash tag: one account's keys live in one Redis Cluster slot.
@@ -479,15 +492,12 @@ class RedisStore:
         left = await self._health_state(keys=[self._health_keys(n)[1] for n in names])
         return {n: float(v) for n, v in zip(names, left, strict=True) if v != ""}
 
-    # --- usage statistics: one MULTI per request, so a bucket never holds half a request ---
+    # --- usage statistics: one script per request, so a bucket never holds half a request ---
     async def stats_add(self, buckets: Mapping[str, int], counts: Mapping[str, int]) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for name, ttl_s in buckets.items():
-                key = f"{self._prefix}{name}"
-                for field_name, amount in counts.items():
-                    pipe.hincrby(key, field_name, amount)
-                pipe.expire(key, ttl_s)
-            await pipe.execute()
+        args: list[Any] = list(buckets.values())
+        for field_name, amount in counts.items():
+            args += [field_name, amount]
+        await self._stats_add(keys=[f"{self._prefix}{name}" for name in buckets], args=args)
 
     async def stats_read(self, buckets: Sequence[str]) -> list[dict[str, int]]:
         async with self._redis.pipeline(transaction=False) as pipe:

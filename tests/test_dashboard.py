@@ -116,6 +116,32 @@ def test_stats_store_contract_redis(tmp_path: Path) -> None:
         asyncio.run(run(srv.url))
 
 
+def test_recorder_adds_up_in_process_and_writes_once_per_minute() -> None:
+    from gateway.metrics import Metrics
+    from gateway.stats import StatsRecorder
+
+    class Counting(MemoryStore):
+        writes = 0
+
+        async def stats_add(self, buckets: Any, counts: Any) -> None:
+            Counting.writes += 1
+            await super().stats_add(buckets, counts)
+
+    async def run() -> list[dict[str, int]]:
+        store = Counting()
+        recorder = StatsRecorder(store, Metrics(), flush_s=0.05)
+        for i in range(300):
+            recorder.record(Usage("k", "p", 0.001, 0.002, 0, None), now=600.0 + i % 2 * 60)
+        await asyncio.sleep(0.2)
+        recorder.record(Usage("k", "p", 0.001, 0.002, 0, None), now=600.0)
+        await recorder.drain(5.0)
+        return await store.stats_read([bucket_name(60, 600), bucket_name(60, 660), bucket_name(3600, 0)])
+
+    first, second, hour = asyncio.run(run())
+    assert first["k\x1frequests"] == 151 and second["k\x1frequests"] == 150 and hour["k\x1frequests"] == 301
+    assert hour["k\x1fspend_nusd"] == 301 * 1_000_000 and Counting.writes == 3  # two minutes, then one
+
+
 # ---- the API over two replicas sharing a real redis-server ----
 
 def _traffic(base: str, prompts: list[str], n: int, offset: int) -> list[dict[str, Any]]:
@@ -229,6 +255,26 @@ def test_config_refuses_an_unknown_savings_reference(upstream: str) -> None:
 
     with pytest.raises(ConfigError, match="savings_reference"):
         parse_config(_cfg(upstream, savings_reference="nope"), "t.yaml", {"CSCR_MASTER": MASTER})
+
+
+@pytest.mark.integration
+def test_a_store_outage_never_fails_a_request_and_is_counted(tmp_path: Path, upstream: str, prompts: list[str]) -> None:
+    cfg = _cfg(upstream)
+    del cfg["server"]["master_key_env"], cfg["keys"]  # no keys: nothing on the request's path needs the store
+    with redis_server(tmp_path) as srv:
+        base, stop = start_gateway({**cfg, "store": srv.url})
+        try:
+            srv.stop()
+            client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+            for prompt in prompts[:3]:
+                assert client.chat.completions.create(model="gpt-4", max_tokens=20,
+                                                      messages=[{"role": "user", "content": prompt}]).choices
+            deadline = time.monotonic() + 15
+            while 'kind="stats_unrecorded"} 3.0' not in httpx.get(base + "/metrics").text:
+                assert time.monotonic() < deadline, "the lost writes were not counted"
+                time.sleep(0.1)
+        finally:
+            stop()
 
 
 # ---- the page in a real browser ----
