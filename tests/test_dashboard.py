@@ -336,8 +336,10 @@ def test_dashboard_in_a_browser(tmp_path: Path, upstream: str, prompts: list[str
         p["api_base"] = upstream
     raw["server"]["master_key_env"] = "CSCR_MASTER"
     raw["keys"] = [{"name": n, "secret_sha256": _sha(s)} for n, s in KEYS.items()]
+    browser = _browser()  # first: a skip (no chromium) leaves nothing running
     base, stop = start_gateway(raw, env={"CSCR_MASTER": MASTER})
-    browser = _browser()
+    from selenium.webdriver.support.ui import WebDriverWait
+
     try:
         for i in range(36):
             prompt = prompts[i % len(prompts)]
@@ -359,6 +361,10 @@ def test_dashboard_in_a_browser(tmp_path: Path, upstream: str, prompts: list[str
         for canvas in ("spend-chart", "mix-chart", "auto-chart"):
             assert _painted(browser, canvas) > 500, canvas
         assert MASTER not in browser.page_source and all(s not in browser.page_source for s in KEYS.values())
+        browser.execute_script("const r = document.getElementById('range'); r.value = '3600';"
+                               "r.dispatchEvent(new Event('change'))")  # the last hour, as a person would
+        WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.body.dataset.state") == "ready")
+        assert _text(browser, "total-requests") == "36" and _painted(browser, "spend-chart") > 500
         _screenshot(browser, tmp_path / "dashboard.png")
         print(f"\ndashboard ready in {ready_ms:.0f} ms with {t['requests']} requests; screenshot {tmp_path}")
         # a key's own secret is no admin key: the page shows the API's 401

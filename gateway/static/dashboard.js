@@ -4,7 +4,8 @@
 "use strict";
 
 const STORAGE = "cscr-admin-key";
-const COLORS = ["#2563eb", "#17803d", "#d97706", "#9333ea", "#dc2626", "#0891b2", "#4b5563", "#db2777"];
+const COLORS = ["#2563eb", "#17803d", "#d97706", "#9333ea", "#dc2626", "#0891b2", "#4b5563", "#db2777",
+  "#65a30d", "#7c2d12", "#0f766e", "#a16207", "#1e3a8a", "#be185d", "#334155", "#84cc16"];
 const charts = {};
 
 function $(id) { return document.getElementById(id); }
