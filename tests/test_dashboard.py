@@ -217,11 +217,13 @@ def test_two_replicas_add_up_exactly(tmp_path: Path, upstream: str, prompts: lis
 
 @pytest.mark.integration
 def test_stats_api_auth_reference_and_errors(upstream: str, prompts: list[str]) -> None:
-    base, stop = start_gateway(_cfg(upstream, savings_reference="mistral-7b"), env={"CSCR_MASTER": MASTER})
+    cfg = _cfg(upstream, savings_reference="mistral-7b", provider_failure_threshold=1)
+    base, stop = start_gateway(cfg, env={"CSCR_MASTER": MASTER})
     try:
         sent = _traffic(base, prompts, 4, 1)
         body = _wait_for(base, len(sent))
         assert body["reference"] == "mistral-7b"
+        assert list(body["cooldowns"]) == ["broken"] and 0 < body["cooldowns"]["broken"] <= 30  # auto tried it
         t = body["totals"]
         ref = sum((r["prompt"] + r["completion"]) * 0.2 / 1e6 for r in sent)
         assert t["reference_usd"] == pytest.approx(ref, abs=1e-9 * len(sent)) and t["saved_usd"] < 0

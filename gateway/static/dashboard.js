@@ -87,9 +87,11 @@ function renderCharts(s) {
   const models = s.providers.filter((m) => s.totals.models[m]);
   drawChart("mix-chart", {
     type: "bar",
-    data: { labels, datasets: models.map((m) => ({
-      label: m, data: s.series.map((p) => p.models[m] || 0), backgroundColor: color(m),
-    })) },
+    data: { labels, datasets: [
+      { type: "line", label: "fallbacks", data: s.series.map((p) => p.fallbacks), borderColor: "#111827",
+        borderDash: [4, 3], pointRadius: 0, stack: "fallbacks" },
+      ...models.map((m) => ({ label: m, data: s.series.map((p) => p.models[m] || 0), backgroundColor: color(m) })),
+    ] },
     options: { scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true } } },
   });
   const auto = Object.keys(s.totals.auto_models);
