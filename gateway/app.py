@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import anthropic, endpoints
 from gateway.admin import admin_routes
 from gateway.config import GatewayConfig
+from gateway.dashboard import dashboard_routes
 from gateway.errors import GatewayError, ModelNotFound
 from gateway.forward import Forwarder
 from gateway.health import ProviderHealth
@@ -30,6 +31,7 @@ from gateway.observe import SCOPE_KEY, AccessRecord, Tracing, access_of, request
 from gateway.policy import auto_model_names
 from gateway.proxy import GatewayState, handle_chat
 from gateway.reload import ConfigReloader
+from gateway.stats import StatsRecorder
 from gateway.store import SettlementQueue, StoreOptions, open_store, redact_text, redact_url
 from router_core.types import CostOnlyPolicy, RoutingPolicy
 
@@ -147,6 +149,7 @@ def create_app(
         tracing = Tracing(server.otlp_endpoint)  # no opentelemetry import unless an endpoint is set
         state = GatewayState(config, forwarder, policy, store, metrics, SettlementQueue(store), problem,
                              health=ProviderHealth(store, metrics), tracing=tracing)
+        state.stats = StatsRecorder(store, metrics)
         holder["state"] = state
         app.state.gateway = state
         state.reloader = ConfigReloader(state, Path(config_path) if config_path else None, config_text, env)
@@ -160,6 +163,7 @@ def create_app(
         finally:
             await state.reloader.stop()
             await state.settlements.flush(timeout_s=5.0)
+            await state.stats.drain(timeout_s=5.0)
             if state.settlements.pending:
                 log.error("%d settlements could not reach the store before shutdown", state.settlements.pending)
             await state.forwarder.aclose()
@@ -268,6 +272,7 @@ def create_app(
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *admin_routes(),
+        *dashboard_routes(),
     ]
     return Starlette(
         routes=routes, lifespan=lifespan,

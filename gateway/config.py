@@ -50,6 +50,7 @@ class ServerConfig:
     provider_failure_window_s: float = 60.0  # failures further apart than this do not add up
     access_log: bool = True  # one JSON line per request on the ``cscr.access`` logger
     otlp_endpoint: str | None = None  # OTLP/HTTP base URL for spans (else $OTEL_EXPORTER_OTLP_ENDPOINT); None: off
+    savings_reference: str | None = None  # the provider savings are measured against; None = the dearest
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +258,7 @@ def _server(r: _Reader | None, env: Mapping[str, str]) -> ServerConfig:
         provider_failure_window_s=r.number("provider_failure_window_s", d.provider_failure_window_s, lo=0.001),
         access_log=r.get("access_log", bool, d.access_log),
         otlp_endpoint=_otlp_endpoint(r, env),
+        savings_reference=r.get("savings_reference", str),
     )
     for name in ("max_body_bytes", "max_attempts", "estimate_output_tokens", "max_output_tokens",
                  "store_max_connections"):
@@ -461,6 +463,8 @@ def parse_config(raw: Any, source: str = "<memory>", env: Mapping[str, str] | No
             raise ConfigError(source, f"providers[{i}].name", f"duplicate provider {p.name!r}")
         providers.append(p)
     names = {p.name for p in providers}
+    if server.savings_reference is not None and server.savings_reference not in names:
+        raise ConfigError(source, "server.savings_reference", f"unknown provider {server.savings_reference!r}")
     keys = [_key(_Reader(source, f"keys[{i}]", item), names) for i, item in enumerate(root.get("keys", list, []))]
     root.done()
     return GatewayConfig(

@@ -22,7 +22,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway import anthropic, proxy, responses
+from gateway import anthropic, proxy, responses, stats
 from gateway.config import Mode
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.forward import DirectTransport
@@ -223,6 +223,7 @@ async def _pass_through(state: GatewayState, plan: Plan, path: str) -> Response:
         proxy._account(state, provider, priced, actual)
         proxy._key_spend(state, plan, res, actual, live)
         plan.access.cost_usd = actual
+        stats.record_request(state, plan, provider, priced, actual)
         headers = proxy._headers(state, plan, provider, upstream_s)
         headers["x-cscr-cost-usd"] = f"{actual:.8f}"
         headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"

@@ -17,6 +17,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway import stats
 from gateway.config import GatewayConfig, KeyConfig, ProviderConfig
 from gateway.errors import (
     AllProvidersFailed,
@@ -58,6 +59,7 @@ class GatewayState:
     reloader: Any = None  # gateway.reload.ConfigReloader, set by the app
     health: ProviderHealth | None = None  # provider cooldowns; None: every provider is always tried
     tracing: Tracing = field(default_factory=lambda: Tracing(None))  # spans; off unless an OTLP endpoint is set
+    stats: Any = None  # gateway.stats.StatsRecorder, set by the app: usage for the dashboard
 
     async def store_op(self, what: str, op: Any) -> Any:
         """Await a store operation; an unreachable store becomes StoreUnavailable (and is counted).
@@ -101,6 +103,8 @@ class Plan:
     output_cap: int | None = None  # output tokens reserved and sent upstream as the limit; None: not metered
     expected_output: int = 0  # output tokens the estimates assume (max_tokens, else the server's expectation)
     access: AccessRecord = field(default_factory=detached)  # the access-log line and the trace
+    tradeoff: float | None = None  # the trade-off T the router was asked for; None: not routed
+    predicted: dict[str, float] = field(default_factory=dict)  # the router's p-hat per candidate, where it has one
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -145,6 +149,7 @@ async def plan_request(state: GatewayState, request: Request,
     fits = eligible(target.providers, estimates, cap)
     routing_s = 0.0
     policy = "named"
+    predicted: dict[str, float] = {}
     if target.routed:
         t = time.perf_counter()
         candidates = [Candidate(p.name, p.expert, estimates[p.name]) for p in fits]
@@ -158,6 +163,7 @@ async def plan_request(state: GatewayState, request: Request,
         by_name = {p.name: p for p in fits}
         fits = [by_name[n] for n in ranking.names]
         policy = ranking.policy
+        predicted = stats.predicted_quality(ranking)
         state.metrics.routing.observe(routing_s)
         state.metrics.decisions.labels(fits[0].name, policy).inc()
     if state.health is not None:
@@ -165,7 +171,8 @@ async def plan_request(state: GatewayState, request: Request,
     metered = key is not None and cap is not None
     output_cap = (chat.max_output_tokens or config.server.max_output_tokens) if metered else None
     plan = Plan(chat, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered,
-                cap=cap, output_cap=output_cap, expected_output=expected, access=rec)
+                cap=cap, output_cap=output_cap, expected_output=expected, access=rec,
+                tradeoff=target.tradeoff if target.routed else None, predicted=predicted)
     rec.tried, rec.policy = plan.tried, policy  # the same list: it grows as providers are tried
     return plan
 
@@ -460,6 +467,7 @@ async def complete(state: GatewayState, plan: Plan) -> Response:
         if isinstance(payload.get("usage"), dict):
             payload["usage"]["cost"] = actual  # as OpenRouter does; also x-cscr-cost-usd
         plan.access.cost_usd = actual
+        stats.record_request(state, plan, provider, priced, actual)
         headers = _headers(state, plan, provider, upstream_s)
         headers["x-cscr-cost-usd"] = f"{actual:.8f}"
         headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
@@ -597,6 +605,7 @@ async def _relay(
                 live = await _settle(state, res, priced[0])
             _account(state, provider, priced, priced[0])
             _key_spend(state, plan, res, priced[0], live)
+            stats.record_request(state, plan, provider, priced, priced[0])
             _stream_ended(state, plan, outcome, priced[0])
 
 

@@ -25,6 +25,7 @@ import itertools
 import json
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -132,6 +133,15 @@ class Store(Protocol):
     async def health_state(self) -> dict[str, float]:
         """Providers with a cooldown record -> seconds left (<= 0: over, waiting for a probe)."""
 
+    # --- usage statistics (gateway.stats): integer counters in time buckets, summed by every replica ---
+    async def stats_add(self, buckets: Mapping[str, int], counts: Mapping[str, int]) -> None:
+        """Add ``counts`` (field -> amount) to every bucket in ``buckets`` (name -> TTL seconds) as
+        one atomic step; a bucket is forgotten its TTL after its last write."""
+
+    async def stats_read(self, buckets: Sequence[str]) -> list[dict[str, int]]:
+        """The counters of each bucket, in order ({} for one never written or forgotten)."""
+    # --- end usage statistics ---
+
     async def ping(self) -> None:
         """Raise if the backend cannot be reached."""
 
@@ -162,6 +172,7 @@ class MemoryStore:
         self._ids = itertools.count(1)
         self._fails: dict[str, tuple[int, float]] = {}  # provider -> (failures, monotonic expiry)
         self._cooldowns: dict[str, tuple[float, float]] = {}  # provider -> (until, forget at), monotonic
+        self._stats: dict[str, tuple[dict[str, int], float]] = {}  # bucket -> (counters, monotonic expiry)
 
     async def reserve(
         self, account: str, amount: float, limit: float | None, ttl_s: float, rid: str | None = None
@@ -246,6 +257,25 @@ class MemoryStore:
         for name in [n for n, (_, forget) in self._cooldowns.items() if forget <= now]:
             del self._cooldowns[name]
         return {name: until - now for name, (until, _) in self._cooldowns.items()}
+
+    # --- usage statistics ---
+    async def stats_add(self, buckets: Mapping[str, int], counts: Mapping[str, int]) -> None:
+        now = time.monotonic()
+        for name, ttl_s in buckets.items():
+            held = self._stats.get(name)
+            counters = held[0] if held is not None and held[1] > now else {}
+            for field_name, amount in counts.items():
+                counters[field_name] = counters.get(field_name, 0) + amount
+            self._stats[name] = (counters, now + ttl_s)
+
+    async def stats_read(self, buckets: Sequence[str]) -> list[dict[str, int]]:
+        now = time.monotonic()
+        out = []
+        for name in buckets:
+            held = self._stats.get(name)
+            out.append(dict(held[0]) if held is not None and held[1] > now else {})
+        return out
+    # --- end usage statistics ---
 
     async def ping(self) -> None:
         return None
@@ -349,6 +379,18 @@ end
 return out
 """
 
+# --- usage statistics ---
+# KEYS: the buckets. ARGV: one TTL (s) per bucket, then field, amount, field, amount, ...
+_STATS_ADD = """
+local n = #KEYS
+for i, key in ipairs(KEYS) do
+  for j = n + 1, #ARGV, 2 do redis.call('HINCRBY', key, ARGV[j], ARGV[j + 1]) end
+  redis.call('EXPIRE', key, ARGV[i])
+end
+return n
+"""
+# --- end usage statistics ---
+
 
 class RedisStore:
     """Shared by replicas. Every read-modify-write is one Lua script (atomic on the server)."""
@@ -374,6 +416,7 @@ class RedisStore:
         self._spent = self._redis.register_script(_SPENT)
         self._hit = self._redis.register_script(_HIT)
         self._release = self._redis.register_script(_RELEASE)
+        self._stats_add = self._redis.register_script(_STATS_ADD)
 
     def _account_keys(self, account: str) -> list[str]:
         # {account} is a hash tag: one account's keys live in one Redis Cluster slot.
@@ -448,6 +491,21 @@ class RedisStore:
             return {}
         left = await self._health_state(keys=[self._health_keys(n)[1] for n in names])
         return {n: float(v) for n, v in zip(names, left, strict=True) if v != ""}
+
+    # --- usage statistics: one script per request, so a bucket never holds half a request ---
+    async def stats_add(self, buckets: Mapping[str, int], counts: Mapping[str, int]) -> None:
+        args: list[Any] = list(buckets.values())
+        for field_name, amount in counts.items():
+            args += [field_name, amount]
+        await self._stats_add(keys=[f"{self._prefix}{name}" for name in buckets], args=args)
+
+    async def stats_read(self, buckets: Sequence[str]) -> list[dict[str, int]]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in buckets:
+                pipe.hgetall(f"{self._prefix}{name}")
+            raw = await pipe.execute()
+        return [{str(k): int(v) for k, v in got.items()} for got in raw]
+    # --- end usage statistics ---
 
     async def ping(self) -> None:
         await self._redis.ping()
