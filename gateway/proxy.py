@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,8 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway import cache
+from gateway.cache import Ticket
 from gateway.config import GatewayConfig, KeyConfig, ProviderConfig
 from gateway.errors import (
     AllProvidersFailed,
@@ -32,7 +34,7 @@ from gateway.forward import Chunk, Forwarder
 from gateway.health import ProviderHealth
 from gateway.keys import authenticate, budget_account
 from gateway.metrics import Metrics
-from gateway.policy import cost_cap, eligible, estimate_cost, resolve_target
+from gateway.policy import Target, cost_cap, eligible, estimate_cost, resolve_target
 from gateway.store import Reservation, SettlementQueue, Store, StoreBusy, new_reservation_id, redact_text, redact_url
 from gateway.tokens import count_messages, count_text
 from gateway.wire import ChatRequest, parse_body, routing_prompt, validate_chat
@@ -98,6 +100,7 @@ class Plan:
     cap: float | None = None  # the most this request may cost (header, key's per-request cap, budget)
     output_cap: int | None = None  # output tokens reserved and sent upstream as the limit; None: not metered
     expected_output: int = 0  # output tokens the estimates assume (max_tokens, else the server's expectation)
+    cache: Ticket | None = None  # the response cache's ticket; None: this request does not use it
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -135,6 +138,9 @@ async def plan_request(state: GatewayState, request: Request,
     unmetered = await _admit(state, key, account, prompt_tokens + expected * chat.n)
     # What is left of the key's budget is enforced when the cap is reserved (one round trip).
     cap = cost_cap(key, request.headers)
+    ticket = await _cache_lookup(state, key, chat, request.headers, target)
+    if ticket is not None and ticket.entry is not None:  # answered from the cache: no routing, no reservation
+        return Plan(chat, key, [], estimates, prompt_tokens, "cache", 0.0, started, account, unmetered, cache=ticket)
     fits = eligible(target.providers, estimates, cap)
     routing_s = 0.0
     policy = "named"
@@ -157,7 +163,59 @@ async def plan_request(state: GatewayState, request: Request,
     metered = key is not None and cap is not None
     output_cap = (chat.max_output_tokens or config.server.max_output_tokens) if metered else None
     return Plan(chat, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered,
-                cap=cap, output_cap=output_cap, expected_output=expected)
+                cap=cap, output_cap=output_cap, expected_output=expected, cache=ticket)
+
+
+async def _cache_lookup(state: GatewayState, key: KeyConfig | None, chat: ChatRequest,
+                        headers: Mapping[str, str], target: Target) -> Ticket | None:
+    """The request's cache ticket, with the cached answer when there is one. A store that fails
+    here only costs the hit: the request is served (and counted) as a miss."""
+    ticket = cache.ticket_for(state.config.cache, key, chat.body, headers, target.providers, target.tradeoff)
+    if ticket is None:
+        return None
+    try:
+        await cache.look_up(state.store, ticket)
+    except Exception as exc:
+        state.metrics.errors.labels("cache_unavailable").inc()
+        log.warning("response cache lookup failed (%s); served as a miss", type(exc).__name__)
+    (state.metrics.cache_hits if ticket.entry is not None else state.metrics.cache_misses).inc()
+    return ticket
+
+
+async def _cache_store(state: GatewayState, plan: Plan, payload: dict[str, Any] | None,
+                       provider: ProviderConfig) -> None:
+    """Keep a successful answer for the next identical request; a store that fails is only logged."""
+    if plan.cache is None:
+        return
+    try:
+        await cache.remember(state.store, state.config.cache, plan.cache, payload, provider.name, plan.request.body)
+    except Exception as exc:
+        state.metrics.errors.labels("cache_unavailable").inc()
+        log.warning("response cache store failed (%s); the answer is not cached", type(exc).__name__)
+
+
+def _cache_hit(state: GatewayState, plan: Plan) -> Response:
+    """The cached answer, as JSON or replayed as a stream: no provider call, nothing reserved, cost 0."""
+    assert plan.cache is not None and plan.cache.entry is not None
+    entry = plan.cache.entry
+    gateway_s = time.perf_counter() - plan.started
+    state.metrics.overhead.observe(gateway_s)
+    headers = {"x-cscr-cache": "hit", "x-cscr-provider": entry.provider, "x-cscr-policy": "cache",
+               "x-cscr-cost-usd": f"{0.0:.8f}", "x-cscr-cost-reserved-usd": f"{0.0:.8f}",
+               "x-cscr-gateway-ms": f"{gateway_s * 1000:.3f}"}
+    log.info("cache hit (key %s): %s's answer replayed, no provider call",
+             plan.key.name if plan.key else "-", entry.provider)
+    if not plan.request.stream:
+        return Response(json.dumps(entry.payload).encode(), 200, headers, media_type="application/json")
+    state.metrics.requests.labels("ok", "true").inc()
+    state.metrics.latency.observe(gateway_s)
+    return StreamingResponse(_replayed(cache.replay(entry.payload, plan.request.include_usage)), 200, headers,
+                             media_type="text/event-stream")
+
+
+async def _replayed(events: list[bytes]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
 
 
 async def _admit(state: GatewayState, key: KeyConfig | None, account: str | None, tokens: int) -> bool:
@@ -423,6 +481,8 @@ def _all_failed(plan: Plan, failures: list[str]) -> GatewayError:
 
 
 async def complete(state: GatewayState, plan: Plan) -> Response:
+    if plan.cache is not None and plan.cache.entry is not None:
+        return _cache_hit(state, plan)
     failures: list[str] = []
     async for provider, res, left in _attempts(state, plan):
         t = time.perf_counter()
@@ -449,6 +509,9 @@ async def complete(state: GatewayState, plan: Plan) -> Response:
             headers["x-cscr-budget-remaining-usd"] = f"{plan.key.budget_usd - live:.8f}"
         if plan.unmetered:
             headers["x-cscr-unmetered"] = "store unreachable"
+        if plan.cache is not None:
+            headers["x-cscr-cache"] = plan.cache.status
+            await _cache_store(state, plan, payload, provider)
         return Response(json.dumps(payload).encode(), 200, headers, media_type="application/json")
     raise _all_failed(plan, failures)
 
@@ -473,6 +536,8 @@ def _stream_error(message: str) -> bytes:
 
 
 async def stream(state: GatewayState, plan: Plan) -> Response:
+    if plan.cache is not None and plan.cache.entry is not None:
+        return _cache_hit(state, plan)
     failures: list[str] = []
     async for provider, res, left in _attempts(state, plan):
         # Ask every upstream for usage so streamed spend is real; the caller sees the usage chunk
@@ -503,6 +568,8 @@ async def stream(state: GatewayState, plan: Plan) -> Response:
         headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
         if plan.unmetered:
             headers["x-cscr-unmetered"] = "store unreachable"
+        if plan.cache is not None:
+            headers["x-cscr-cache"] = plan.cache.status
         relay = _relay(state, plan, provider, res, first, chunks)
         return StreamingResponse(relay, 200, headers, media_type="text/event-stream")
     raise _all_failed(plan, failures)
@@ -518,10 +585,13 @@ async def _relay(
     usage: Any = None
     text: list[str] = []
     outcome = "ok"
+    assembled = cache.Assembler() if plan.cache is not None else None  # a complete stream is cached
     try:
         item: Chunk | None = first
         while item is not None:
             chunk, raw = item
+            if assembled is not None:
+                assembled.add(chunk)
             if chunk.get("usage"):
                 usage = chunk["usage"]
                 if not plan.request.include_usage:
@@ -535,6 +605,8 @@ async def _relay(
                     text.append(delta["content"])
             yield b"data: " + raw + b"\n\n" if raw is not None else _sse(chunk)
             item = await anext(chunks, None)
+        if assembled is not None:
+            await _cache_store(state, plan, assembled.result(), provider)
         yield b"data: [DONE]\n\n"
     except UpstreamError as err:
         outcome = "upstream_error"
