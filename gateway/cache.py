@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from starlette.datastructures import Headers
+
 from gateway.config import CacheConfig, CachePolicy, KeyConfig, ProviderConfig
 from gateway.errors import InvalidRequest
 from gateway.store import Store
@@ -59,12 +61,15 @@ def policy_for(config: CacheConfig, key: KeyConfig | None) -> CachePolicy | None
 
 def header_mode(headers: Mapping[str, str]) -> str | None:
     """The caller's ``x-cscr-cache`` (on, off, refresh), None when absent; anything else is a 400."""
-    value = headers.get(CACHE_HEADER)
-    if value is None:
+    # A Mapping shows one value of a repeated header; starlette's Headers has them all.
+    values = headers.getlist(CACHE_HEADER) if isinstance(headers, Headers) else (
+        [headers[CACHE_HEADER]] if CACHE_HEADER in headers else [])
+    if not values:
         return None
+    value = values[0]
     mode = value.strip().lower()
-    if mode not in ("on", "off", "refresh"):
-        raise InvalidRequest(f"header {CACHE_HEADER} must be on, off or refresh, not {value[:40]!r}",
+    if len(values) > 1 or mode not in ("on", "off", "refresh"):
+        raise InvalidRequest(f"header {CACHE_HEADER} must be sent once, as on, off or refresh, not {value[:40]!r}",
                              param=CACHE_HEADER)
     return mode
 

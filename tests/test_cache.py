@@ -226,6 +226,10 @@ def test_request_header_off_refresh_on(gateway: tuple[str, str], upstream: str) 
     with pytest.raises(openai.BadRequestError) as err:
         ask(base, "alice", prompt, temperature=0, extra_headers={"x-cscr-cache": "maybe"})
     assert err.value.body["param"] == "x-cscr-cache"  # type: ignore[index]
+    twice = httpx.post(base + "/v1/chat/completions", json={"model": "m", "messages": MSG, "temperature": 0},
+                       headers=[("authorization", f"Bearer {secret('alice')}"), ("x-cscr-cache", "on"),
+                                ("x-cscr-cache", "off")])
+    assert twice.status_code == 400 and twice.json()["error"]["param"] == "x-cscr-cache"
 
 
 def test_errors_and_cut_streams_are_never_stored(gateway: tuple[str, str], upstream: str) -> None:
@@ -329,7 +333,8 @@ def test_cache_config() -> None:
     key = {"name": "k", "secret_sha256": "a" * 64, "cache": {"enabled": False}}
     config = parse_config({**base, "cache": {"ttl_s": 60}, "keys": [key]})
     assert cache.policy_for(config.cache, config.keys[0]) is None  # a key may opt out of the default
-    for bad, field in (({"cache": {"shared": True}}, "cache.shared"), ({"cache": {"max_entries": 0}}, "cache.max_entries"),
+    for bad, field in (({"cache": {"shared": True}}, "cache.shared"),
+                       ({"cache": {"max_entries": 0}}, "cache.max_entries"),
                        ({"cache": {"ttl_s": 0}}, "cache.ttl_s"), ({"cache": {"ttl": 5}}, "cache.ttl"),
                        ({"keys": [{**key, "cache": {"shared": "yes"}}]}, "keys[0].cache.shared")):
         with pytest.raises(ConfigError) as err:
@@ -366,3 +371,24 @@ async def test_memory_cache_is_lru_bounded() -> None:
     assert await store.cache_get("a") is None and await store.cache_get("b") == "b"
     await store.cache_put("d", "d", ttl_s=60, max_entries=2)  # b was used last: c goes
     assert await store.cache_get("c") is None and await store.cache_get("b") == "b"
+
+
+def test_translated_endpoints_share_the_chat_cache(gateway: tuple[str, str], upstream: str) -> None:
+    base, _ = gateway
+    c = client(base, "alice")
+    prompt = f"responses api {base}"
+    first = c.responses.create(model="m", input=prompt, temperature=0)
+    before = upstream_calls(upstream)
+    raw = c.responses.with_raw_response.create(model="m", input=prompt, temperature=0)
+    assert raw.headers["x-cscr-cache"] == "hit" and upstream_calls(upstream) == before
+    assert raw.parse().output_text == first.output_text
+    events = list(c.responses.create(model="m", input=prompt, temperature=0, stream=True))
+    assert events[-1].type == "response.completed" and events[-1].response.output_text == first.output_text
+    body = {"model": "m", "max_tokens": 64, "temperature": 0, "messages": [{"role": "user", "content": prompt}]}
+    headers = {"x-api-key": secret("alice"), "anthropic-version": "2023-06-01"}
+    answers = [httpx.post(base + "/v1/messages", json=body, headers=headers) for _ in range(2)]
+    assert [a.headers["x-cscr-cache"] for a in answers] == ["miss", "hit"]
+    assert answers[0].json()["content"] == answers[1].json()["content"]
+    streamed = httpx.post(base + "/v1/messages", json={**body, "stream": True}, headers=headers)
+    assert streamed.headers["x-cscr-cache"] == "hit" and "message_stop" in streamed.text
+    assert upstream_calls(upstream) == before + 1
