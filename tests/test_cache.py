@@ -432,3 +432,18 @@ def test_admin_created_key_keeps_its_cache_policy(gateway: tuple[str, str], upst
     assert raw.headers["x-cscr-cache"] == "hit" and upstream_calls(upstream) == before
     bad = httpx.post(base + "/admin/keys", headers=admin, json={"name": "bad", "cache": {"ttl_s": -1}})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "cache.ttl_s"
+
+
+async def test_look_up_drops_garbage(store: Store) -> None:
+    ticket = cache.Ticket("ns:abc", 60.0, "miss", (None, None))
+    await store.cache_put("ns:abc", "{not json", ttl_s=60, max_entries=10)
+    await cache.look_up(store, ticket)
+    assert ticket.entry is None and ticket.dropped and ticket.status == "miss"
+    assert await store.cache_get("ns:abc") is None
+    answer = {"choices": [{"index": 0, "message": {"content": "x"}, "finish_reason": "stop"}]}
+    assert await cache.remember(store, CacheConfig(), ticket, answer, "m", {})
+    await cache.look_up(store, ticket)
+    assert ticket.status == "hit" and ticket.entry is not None and ticket.entry.payload == answer
+    cut = {"choices": [{"index": 0, "message": {"content": "x"}, "finish_reason": "length"}]}
+    assert not await cache.remember(store, CacheConfig(), ticket, cut, "m", {"max_tokens": 5})  # a lowered cap
+    assert not await cache.remember(store, CacheConfig(max_entry_bytes=10), ticket, answer, "m", {})
