@@ -9,8 +9,8 @@ request may reach and its trade-off; it lives in the key's namespace unless the 
 ``allow_nondeterministic`` (an unset temperature is OpenAI's default of 1: not cacheable).
 
 Only complete answers are stored (every choice finished with stop, length or tool_calls); an entry
-that does not decode is dropped and the request served as a miss. Pure functions and the store's
-``cache_*`` calls; metrics, headers and logs are the caller's (``gateway.proxy``).
+that does not decode is dropped and the request served as a miss. Pure functions, the store's
+``cache_*`` calls and the hit's response; metrics and logs are the caller's (``gateway.proxy``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from starlette.datastructures import Headers
+from starlette.responses import Response, StreamingResponse
 
 from gateway.config import CacheConfig, CachePolicy, KeyConfig, ProviderConfig
 from gateway.errors import InvalidRequest
@@ -265,3 +266,19 @@ def replay(payload: Mapping[str, Any], include_usage: bool) -> list[bytes]:
         events.append(_sse({**base, "choices": [], "usage": payload["usage"]}))
     events.append(b"data: [DONE]\n\n")
     return events
+
+
+def hit_response(entry: Entry, stream: bool, include_usage: bool, gateway_s: float) -> Response:
+    """A hit as the client sees it: the cached JSON, or its replay as a stream, marked in headers."""
+    headers = {"x-cscr-cache": "hit", "x-cscr-provider": entry.provider, "x-cscr-policy": "cache",
+               "x-cscr-cost-usd": f"{0.0:.8f}", "x-cscr-cost-reserved-usd": f"{0.0:.8f}",
+               "x-cscr-gateway-ms": f"{gateway_s * 1000:.3f}"}
+    if not stream:
+        return Response(json.dumps(entry.payload).encode(), 200, headers, media_type="application/json")
+    return StreamingResponse(_replayed(replay(entry.payload, include_usage)), 200, headers,
+                             media_type="text/event-stream")
+
+
+async def _replayed(events: list[bytes]) -> AsyncIterator[bytes]:  # an async iterator, like proxy's relay
+    for event in events:
+        yield event

@@ -195,27 +195,16 @@ async def _cache_store(state: GatewayState, plan: Plan, payload: dict[str, Any] 
 
 
 def _cache_hit(state: GatewayState, plan: Plan) -> Response:
-    """The cached answer, as JSON or replayed as a stream: no provider call, nothing reserved, cost 0."""
+    """The cached answer: no provider call, nothing reserved, cost 0."""
     assert plan.cache is not None and plan.cache.entry is not None
-    entry = plan.cache.entry
     gateway_s = time.perf_counter() - plan.started
     state.metrics.overhead.observe(gateway_s)
-    headers = {"x-cscr-cache": "hit", "x-cscr-provider": entry.provider, "x-cscr-policy": "cache",
-               "x-cscr-cost-usd": f"{0.0:.8f}", "x-cscr-cost-reserved-usd": f"{0.0:.8f}",
-               "x-cscr-gateway-ms": f"{gateway_s * 1000:.3f}"}
     log.info("cache hit (key %s): %s's answer replayed, no provider call",
-             plan.key.name if plan.key else "-", entry.provider)
-    if not plan.request.stream:
-        return Response(json.dumps(entry.payload).encode(), 200, headers, media_type="application/json")
-    state.metrics.requests.labels("ok", "true").inc()
-    state.metrics.latency.observe(gateway_s)
-    return StreamingResponse(_replayed(cache.replay(entry.payload, plan.request.include_usage)), 200, headers,
-                             media_type="text/event-stream")
-
-
-async def _replayed(events: list[bytes]) -> AsyncIterator[bytes]:
-    for event in events:
-        yield event
+             plan.key.name if plan.key else "-", plan.cache.entry.provider)
+    if plan.request.stream:  # handle_chat counts the others
+        state.metrics.requests.labels("ok", "true").inc()
+        state.metrics.latency.observe(gateway_s)
+    return cache.hit_response(plan.cache.entry, plan.request.stream, plan.request.include_usage, gateway_s)
 
 
 async def _admit(state: GatewayState, key: KeyConfig | None, account: str | None, tokens: int) -> bool:

@@ -447,3 +447,20 @@ async def test_look_up_drops_garbage(store: Store) -> None:
     cut = {"choices": [{"index": 0, "message": {"content": "x"}, "finish_reason": "length"}]}
     assert not await cache.remember(store, CacheConfig(), ticket, cut, "m", {"max_tokens": 5})  # a lowered cap
     assert not await cache.remember(store, CacheConfig(max_entry_bytes=10), ticket, answer, "m", {})
+
+
+def test_a_spent_budget_still_gets_its_hits(gateway: tuple[str, str]) -> None:
+    base, store_url = gateway
+    admin = {"authorization": f"Bearer {MASTER}"}
+    name = f"broke-{store_url[:5]}"
+    made = httpx.post(base + "/admin/keys", headers=admin, json={"name": name, "budget_usd": 1.0,
+                                                                 "cache": {"ttl_s": 60}}).json()
+    c = openai.OpenAI(base_url=base + "/v1", api_key=made["secret"], max_retries=0)
+    prompt = [{"role": "user", "content": f"broke {base}"}]
+    first = c.chat.completions.create(model="m", messages=prompt, temperature=0, max_tokens=30)
+    assert httpx.patch(base + f"/admin/keys/{name}", headers=admin, json={"budget_usd": 0.0}).status_code == 200
+    with pytest.raises(openai.RateLimitError) as err:  # a new question costs money it does not have
+        c.chat.completions.create(model="m", messages=[{"role": "user", "content": "new"}], temperature=0)
+    assert err.value.code == "budget_exceeded"
+    hit = c.chat.completions.create(model="m", messages=prompt, temperature=0, max_tokens=30)
+    assert hit.choices[0].message.content == first.choices[0].message.content
