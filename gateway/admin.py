@@ -22,7 +22,8 @@ from gateway.errors import AuthError, ConfigError, GatewayError, InvalidRequest
 from gateway.keys import KEY_DOCS, budget_account, key_from_doc, key_to_doc, new_secret, public_view
 from gateway.proxy import GatewayState
 
-EDITABLE = ("budget_usd", "budget_period", "max_cost_per_request_usd", "allowed_providers", "tradeoff", "rpm", "tpm")
+EDITABLE = ("budget_usd", "budget_period", "max_cost_per_request_usd", "allowed_providers", "tradeoff", "rpm", "tpm",
+            "cache")
 
 
 class Conflict(GatewayError):

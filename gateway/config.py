@@ -117,6 +117,26 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """Who may reuse an answer and for how long (``keys[].cache``, or the top-level ``cache``)."""
+
+    enabled: bool = True
+    ttl_s: float = 3600.0
+    shared: bool = False  # True: one namespace for every key that says so; False: the key's own
+    allow_nondeterministic: bool = False  # also cache temperature > 0 (or unset: OpenAI's default is 1)
+    default: bool = True  # False: only requests sending ``x-cscr-cache: on`` (or refresh) use it
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """The top-level ``cache`` section: bounds, and the policy of keys that set none."""
+
+    max_entry_bytes: int = 262_144  # a larger answer is served but not stored
+    max_entries: int = 2_000  # memory:// only (least recently used dropped); redis:// uses TTL + maxmemory
+    policy: CachePolicy | None = None  # None: only keys with their own ``cache`` use one
+
+
+@dataclass(frozen=True, slots=True)
 class KeyConfig:
     name: str
     secret_sha256: str = field(repr=False)
@@ -127,6 +147,7 @@ class KeyConfig:
     tradeoff: float | None = None  # default trade-off for this key (else the router's)
     rpm: int | None = None  # requests per minute
     tpm: int | None = None  # tokens per minute (estimated prompt + output bound, counted before the call)
+    cache: CachePolicy | None = None  # None: the top-level ``cache`` policy, if any
     source: Literal["config", "admin"] = "config"
 
 
@@ -138,6 +159,7 @@ class GatewayConfig:
     router: RouterConfig = RouterConfig()
     providers: tuple[ProviderConfig, ...] = ()
     keys: tuple[KeyConfig, ...] = ()
+    cache: CacheConfig = CacheConfig()
 
     def provider(self, name: str) -> ProviderConfig | None:
         for p in self.providers:
@@ -414,7 +436,43 @@ def _key(r: _Reader, providers: set[str]) -> KeyConfig:
         tradeoff=r.number("tradeoff", None, lo=0.0, hi=1.0),
         rpm=limits["rpm"],
         tpm=limits["tpm"],
+        cache=_cache_policy(r.sub("cache")),
     )
+    r.done()
+    return cfg
+
+
+def _cache_policy(r: _Reader | None, defaults_only: bool = False) -> CachePolicy | None:
+    """``defaults_only``: the top-level section, whose policy exists only when it sets ``ttl_s``."""
+    if r is None or (defaults_only and r.raw.get("ttl_s") is None):
+        return None
+    d = CachePolicy()
+    policy = CachePolicy(
+        enabled=r.get("enabled", bool, d.enabled),
+        ttl_s=r.number("ttl_s", d.ttl_s, lo=0.001),
+        shared=r.get("shared", bool, d.shared),
+        allow_nondeterministic=r.get("allow_nondeterministic", bool, d.allow_nondeterministic),
+        default=r.get("default", bool, d.default),
+    )
+    if not defaults_only:
+        r.done()
+    return policy
+
+
+def _cache(r: _Reader | None) -> CacheConfig:
+    if r is None:
+        return CacheConfig()
+    d = CacheConfig()
+    cfg = CacheConfig(max_entry_bytes=r.get("max_entry_bytes", int, d.max_entry_bytes),
+                      max_entries=r.get("max_entries", int, d.max_entries),
+                      policy=_cache_policy(r, defaults_only=True))
+    for name in ("max_entry_bytes", "max_entries"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(r.file, r._field(name), "must be >= 1")
+    for name in ("enabled", "shared", "allow_nondeterministic", "default"):
+        r.get(name, bool)  # type-checked above when ttl_s is set; without it they would do nothing
+        if name in r.raw and cfg.policy is None:
+            raise ConfigError(r.file, r._field(name), "needs ttl_s (the top-level policy exists only with it)")
     r.done()
     return cfg
 
@@ -456,6 +514,7 @@ def parse_config(raw: Any, source: str = "<memory>", env: Mapping[str, str] | No
         raise ConfigError(source, "store", "must start with memory:// or redis://")
     server = _server(root.sub("server"), env)
     router = _router(root.sub("router"))
+    cache = _cache(root.sub("cache"))
     providers: list[ProviderConfig] = []
     for i, item in enumerate(root.get("providers", list, [])):
         p = _provider(_Reader(source, f"providers[{i}]", item), env, litellm_price)
@@ -468,7 +527,8 @@ def parse_config(raw: Any, source: str = "<memory>", env: Mapping[str, str] | No
     keys = [_key(_Reader(source, f"keys[{i}]", item), names) for i, item in enumerate(root.get("keys", list, []))]
     root.done()
     return GatewayConfig(
-        source=source, store=store, server=server, router=router, providers=tuple(providers), keys=tuple(keys)
+        source=source, store=store, server=server, router=router, providers=tuple(providers), keys=tuple(keys),
+        cache=cache,
     )
 
 

@@ -79,6 +79,9 @@ class Metrics:
         self.over_reserved_usd = Counter(
             "cscr_usage_over_reservation_usd", "USD by which provider usage exceeded the reservation (not recorded)",
             ["provider"], registry=r)
+        self.cache_hits = Counter("cscr_cache_hits", "Requests answered from the response cache", registry=r)
+        self.cache_misses = Counter("cscr_cache_misses", "Cacheable requests the response cache could not answer "
+                                    "(absent, expired, undecodable, refreshed)", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,8 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway import stats
+from gateway import cache, stats
+from gateway.cache import Ticket
 from gateway.config import GatewayConfig, KeyConfig, ProviderConfig
 from gateway.errors import (
     AllProvidersFailed,
@@ -34,7 +35,7 @@ from gateway.health import ProviderHealth
 from gateway.keys import authenticate, budget_account
 from gateway.metrics import Metrics
 from gateway.observe import AccessRecord, Tracing, access_of, detached
-from gateway.policy import cost_cap, eligible, estimate_cost, resolve_target
+from gateway.policy import Target, cost_cap, eligible, estimate_cost, resolve_target
 from gateway.store import Reservation, SettlementQueue, Store, StoreBusy, new_reservation_id, redact_text, redact_url
 from gateway.tokens import count_messages, count_text
 from gateway.wire import ChatRequest, parse_body, routing_prompt, validate_chat
@@ -105,6 +106,7 @@ class Plan:
     access: AccessRecord = field(default_factory=detached)  # the access-log line and the trace
     tradeoff: float | None = None  # the trade-off T the router was asked for; None: not routed
     predicted: dict[str, float] = field(default_factory=dict)  # the router's p-hat per candidate, where it has one
+    cache: Ticket | None = None  # the response cache's ticket; None: this request does not use it
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -146,6 +148,9 @@ async def plan_request(state: GatewayState, request: Request,
     unmetered = await _admit(state, key, account, prompt_tokens + expected * chat.n)
     # What is left of the key's budget is enforced when the cap is reserved (one round trip).
     cap = cost_cap(key, request.headers)
+    ticket = await _cache_lookup(state, key, chat, request.headers, target)
+    if ticket is not None and ticket.entry is not None:  # answered from the cache: no routing, no reservation
+        return Plan(chat, key, [], estimates, prompt_tokens, "cache", 0.0, started, account, unmetered, cache=ticket)
     fits = eligible(target.providers, estimates, cap)
     routing_s = 0.0
     policy = "named"
@@ -172,9 +177,53 @@ async def plan_request(state: GatewayState, request: Request,
     output_cap = (chat.max_output_tokens or config.server.max_output_tokens) if metered else None
     plan = Plan(chat, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered,
                 cap=cap, output_cap=output_cap, expected_output=expected, access=rec,
-                tradeoff=target.tradeoff if target.routed else None, predicted=predicted)
+                tradeoff=target.tradeoff if target.routed else None, predicted=predicted, cache=ticket)
     rec.tried, rec.policy = plan.tried, policy  # the same list: it grows as providers are tried
     return plan
+
+
+async def _cache_lookup(state: GatewayState, key: KeyConfig | None, chat: ChatRequest,
+                        headers: Mapping[str, str], target: Target) -> Ticket | None:
+    """The request's cache ticket, with the cached answer when there is one. A store that fails
+    here only costs the hit: the request is served (and counted) as a miss."""
+    ticket = cache.ticket_for(state.config.cache, key, chat.body, headers, target.providers, target.tradeoff)
+    if ticket is None:
+        return None
+    try:
+        await cache.look_up(state.store, ticket)
+    except Exception as exc:
+        state.metrics.errors.labels("cache_unavailable").inc()
+        log.warning("response cache lookup failed (%s); served as a miss", type(exc).__name__)
+    (state.metrics.cache_hits if ticket.entry is not None else state.metrics.cache_misses).inc()
+    return ticket
+
+
+async def _cache_store(state: GatewayState, plan: Plan, payload: dict[str, Any] | None,
+                       provider: ProviderConfig) -> None:
+    """Keep a successful answer for the next identical request; a store that fails is only logged."""
+    if plan.cache is None:
+        return
+    try:
+        await cache.remember(state.store, state.config.cache, plan.cache, payload, provider.name, plan.request.body)
+    except Exception as exc:
+        state.metrics.errors.labels("cache_unavailable").inc()
+        log.warning("response cache store failed (%s); the answer is not cached", type(exc).__name__)
+
+
+def _cache_hit(state: GatewayState, plan: Plan) -> Response:
+    """The cached answer: no provider call, nothing reserved, cost 0."""
+    assert plan.cache is not None and plan.cache.entry is not None
+    gateway_s = time.perf_counter() - plan.started
+    state.metrics.overhead.observe(gateway_s)
+    log.info("cache hit (key %s): %s's answer replayed, no provider call",
+             plan.key.name if plan.key else "-", plan.cache.entry.provider)
+    rec = plan.access
+    rec.cost_usd, rec.provider, rec.policy = 0.0, plan.cache.entry.provider, "cache"
+    if plan.request.stream:  # handle_chat counts the others
+        state.metrics.requests.labels("200", "true").inc()
+        state.metrics.ttft.observe(gateway_s)
+        state.metrics.stream_endings.labels("ok").inc()
+    return cache.hit_response(plan.cache.entry, plan.request.stream, plan.request.include_usage, gateway_s)
 
 
 async def _admit(state: GatewayState, key: KeyConfig | None, account: str | None, tokens: int) -> bool:
@@ -442,6 +491,8 @@ def _all_failed(plan: Plan, failures: list[str]) -> GatewayError:
 
 
 async def complete(state: GatewayState, plan: Plan) -> Response:
+    if plan.cache is not None and plan.cache.entry is not None:
+        return _cache_hit(state, plan)
     failures: list[str] = []
     async for provider, res, left in _attempts(state, plan):
         t = time.perf_counter()
@@ -475,6 +526,9 @@ async def complete(state: GatewayState, plan: Plan) -> Response:
             headers["x-cscr-budget-remaining-usd"] = f"{plan.key.budget_usd - live:.8f}"
         if plan.unmetered:
             headers["x-cscr-unmetered"] = "store unreachable"
+        if plan.cache is not None:
+            headers["x-cscr-cache"] = plan.cache.status
+            await _cache_store(state, plan, payload, provider)
         return Response(json.dumps(payload).encode(), 200, headers, media_type="application/json")
     raise _all_failed(plan, failures)
 
@@ -512,6 +566,8 @@ def _stream_error(message: str) -> bytes:
 
 
 async def stream(state: GatewayState, plan: Plan) -> Response:
+    if plan.cache is not None and plan.cache.entry is not None:
+        return _cache_hit(state, plan)
     failures: list[str] = []
     async for provider, res, left in _attempts(state, plan):
         # Ask every upstream for usage so streamed spend is real; the caller sees the usage chunk
@@ -544,6 +600,8 @@ async def stream(state: GatewayState, plan: Plan) -> Response:
         headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
         if plan.unmetered:
             headers["x-cscr-unmetered"] = "store unreachable"
+        if plan.cache is not None:
+            headers["x-cscr-cache"] = plan.cache.status
         relay = _relay(state, plan, provider, res, first, chunks)
         return StreamingResponse(relay, 200, headers, media_type="text/event-stream")
     raise _all_failed(plan, failures)
@@ -562,10 +620,13 @@ async def _relay(
     priced: tuple[float, int, int] | None = None
     text: list[str] = []
     outcome = "ok"
+    assembled = cache.Assembler() if plan.cache is not None else None  # a complete stream is cached
     try:
         item: Chunk | None = first
         while item is not None:
             chunk, raw = item
+            if assembled is not None:
+                assembled.add(chunk)
             if chunk.get("usage"):
                 usage = chunk["usage"]
                 if not plan.request.include_usage:
@@ -579,6 +640,8 @@ async def _relay(
                 chunk, raw = {**chunk, "usage": {**chunk["usage"], "cost": priced[0] if priced else None}}, None
             yield b"data: " + raw + b"\n\n" if raw is not None else _sse(chunk)
             item = await anext(chunks, None)
+        if assembled is not None:
+            await _cache_store(state, plan, assembled.result(), provider)
         yield b"data: [DONE]\n\n"
     except UpstreamError as err:
         outcome = "upstream_error"

@@ -16,6 +16,10 @@ reserve whose id was already settled holds nothing, so the two cancel out in eit
 
 Provider health (``health_*``): consecutive failures per provider and the cooldown they open, shared
 by every replica (see ``gateway.health``).
+
+Response cache (``cache_*``, see ``gateway.cache``): opaque strings under a key, each with a TTL.
+memory:// also keeps at most ``max_entries`` (least recently used dropped first); redis:// relies on
+the TTL and the server's ``maxmemory`` (docs/CONFIG.md, ``cache``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import itertools
 import json
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -141,6 +146,15 @@ class Store(Protocol):
     async def stats_read(self, buckets: Sequence[str]) -> list[dict[str, int]]:
         """The counters of each bucket, in order ({} for one never written or forgotten)."""
     # --- end usage statistics ---
+    async def cache_get(self, key: str) -> str | None:
+        """The cached value under ``key``, None when absent or expired."""
+
+    async def cache_put(self, key: str, value: str, ttl_s: float, max_entries: int) -> None:
+        """Keep ``value`` under ``key`` for ``ttl_s``. memory:// drops its least recently used
+        entries beyond ``max_entries``; redis:// ignores it (TTL and the server's maxmemory bound it)."""
+
+    async def cache_drop(self, key: str) -> None:
+        """Forget ``key`` (an entry that failed to decode)."""
 
     async def ping(self) -> None:
         """Raise if the backend cannot be reached."""
@@ -173,6 +187,7 @@ class MemoryStore:
         self._fails: dict[str, tuple[int, float]] = {}  # provider -> (failures, monotonic expiry)
         self._cooldowns: dict[str, tuple[float, float]] = {}  # provider -> (until, forget at), monotonic
         self._stats: dict[str, tuple[dict[str, int], float]] = {}  # bucket -> (counters, monotonic expiry)
+        self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key -> (value, monotonic expiry), LRU first
 
     async def reserve(
         self, account: str, amount: float, limit: float | None, ttl_s: float, rid: str | None = None
@@ -276,6 +291,24 @@ class MemoryStore:
             out.append(dict(held[0]) if held is not None and held[1] > now else {})
         return out
     # --- end usage statistics ---
+    async def cache_get(self, key: str) -> str | None:
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= time.monotonic():
+            del self._cache[key]
+            return None
+        self._cache.move_to_end(key)
+        return entry[0]
+
+    async def cache_put(self, key: str, value: str, ttl_s: float, max_entries: int) -> None:
+        self._cache[key] = (value, time.monotonic() + ttl_s)
+        self._cache.move_to_end(key)
+        while len(self._cache) > max_entries:
+            self._cache.popitem(last=False)
+
+    async def cache_drop(self, key: str) -> None:
+        self._cache.pop(key, None)
 
     async def ping(self) -> None:
         return None
@@ -506,6 +539,15 @@ class RedisStore:
             raw = await pipe.execute()
         return [{str(k): int(v) for k, v in got.items()} for got in raw]
     # --- end usage statistics ---
+    async def cache_get(self, key: str) -> str | None:
+        value = await self._redis.get(f"{self._prefix}cache:{key}")
+        return None if value is None else str(value)
+
+    async def cache_put(self, key: str, value: str, ttl_s: float, max_entries: int) -> None:
+        await self._redis.set(f"{self._prefix}cache:{key}", value, px=max(int(ttl_s * 1000), 1))
+
+    async def cache_drop(self, key: str) -> None:
+        await self._redis.delete(f"{self._prefix}cache:{key}")
 
     async def ping(self) -> None:
         await self._redis.ping()
