@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import gzip
 import hashlib
 import json
 import logging
@@ -259,7 +260,7 @@ def agreement(a: np.ndarray, b: np.ndarray, tradeoffs: Sequence[float]) -> dict[
 
 def write_decisions(path: Path, es: EvalSet, tradeoffs: Sequence[float], names: list[list[str]],
                     choices: np.ndarray) -> None:
-    with open(path, "w", newline="") as fh:
+    with gzip.open(path, "wt", newline="") as fh:  # ~20k rows per RouterBench run: 1.5 MB as plain text
         w = csv.writer(fh)
         w.writerow(["tradeoff", "prompt_id", "provider", "model", "quality", "cost_usd"])
         for li, t in enumerate(tradeoffs):
@@ -289,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=500)
     p.add_argument("--no-kmeans", action="store_true", help="skip the K-means baseline (needs the training data)")
     p.add_argument("--data", type=Path, default=None, help="data directory (default: ../shared/data)")
-    p.add_argument("--out", type=Path, default=None, help="directory for results.json, decisions.csv, results.md")
+    p.add_argument("--out", type=Path, default=None, help="directory for results.json, decisions.csv.gz, results.md")
     return p
 
 
@@ -316,7 +317,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         choices["kmeans"] = kmeans_choices(es, args.data)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        write_decisions(args.out / "decisions.csv", es, tradeoffs, names, choices["gateway"])
+        write_decisions(args.out / "decisions.csv.gz", es, tradeoffs, names, choices["gateway"])
     return {"command": command, "benchmark": args.benchmark, "split": args.split, "prompts": len(es.prompts),
             "models": es.models, "pool": {p: es.models[j] for p, j in pool.column.items()},
             "tradeoffs": tradeoffs, "artifact": args.artifact, "max_tokens": args.max_tokens,

@@ -53,7 +53,7 @@ def prompts(replay: pd.DataFrame) -> list[str]:
     """A few RouterBench test prompts of each task family (a seeded draw, not the head: the heads
     of some families are near-duplicates)."""
     test = replay[replay.split == "test"]
-    return [str(p) for _, g in test.groupby("eval_name") for p in g.prompt_text.sample(3, random_state=0)]
+    return [str(p) for _, g in test.groupby("eval_name") for p in g.prompt_text.sample(8, random_state=0)]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def _models(replay: pd.DataFrame) -> list[str]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.parametrize(("key", "max_tokens"), [("sk-all", None), ("sk-chat", 1)])
+@pytest.mark.parametrize(("key", "max_tokens"), [("sk-all", 1), ("sk-chat", None)])
 def test_http_decisions_equal_offline_decisions(gateway: tuple[str, dict[str, Any]], replay: pd.DataFrame,
                                                 prompts: list[str], key: str, max_tokens: int | None) -> None:
     base, raw = gateway
@@ -84,6 +84,16 @@ def test_http_decisions_equal_offline_decisions(gateway: tuple[str, dict[str, An
     np.testing.assert_array_equal(served, offline)
     assert {n for row in names for n in row} <= {p.name for p in pool.providers}  # the key's pool only
     assert len(set(served[0])) > 1 and not np.array_equal(served[0], served[-1])  # a real decision per prompt
+
+
+@pytest.mark.slow
+def test_max_tokens_is_part_of_the_decision(replay: pd.DataFrame, prompts: list[str]) -> None:
+    """The estimate is prompt x input price + max_tokens x output price: max_tokens: 1 is not
+    decision-neutral, so the offline mirror must use the bound the requests carry."""
+    config = parse_config(_raw_config("http://127.0.0.1:9/v1"), "test.yaml", {})
+    one, _ = offline_choices("bundled", prompts, served_pool(config, _models(replay), "sk-all", 1), TRADEOFFS)
+    default, _ = offline_choices("bundled", prompts, served_pool(config, _models(replay), "sk-all"), TRADEOFFS)
+    assert (one != default).any()
 
 
 def test_a_pool_of_other_models_is_refused() -> None:
