@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("router_core.train", "train a CSCR router and write an artifact"),
     "eval": ("router_core.evaluate", "deferral curves, AUDC tables and plots against baselines"),
     "bench-routing": ("router_core.bench", "time one routing decision (embed + search + rule)"),
+    "eval-gateway": ("gateway.eval_gateway", "score a running gateway's routing over HTTP on a benchmark's prompts"),
     "calibrate": ("router_core.calibrate", "spend per 1,000 requests and model mix per trade-off on your prompts"),
     "describe": ("descriptors.cli", "write model descriptors (perplexity fingerprints, logit footprints)"),
 }
