@@ -32,7 +32,7 @@ from gateway.forward import Chunk, Forwarder
 from gateway.health import ProviderHealth
 from gateway.keys import authenticate, budget_account
 from gateway.metrics import Metrics
-from gateway.policy import cost_cap, eligible, estimate_cost, resolve_target
+from gateway.policy import capable, cost_cap, eligible, estimate_cost, request_needs, resolve_target
 from gateway.store import Reservation, SettlementQueue, Store, StoreBusy, new_reservation_id, redact_text, redact_url
 from gateway.tokens import count_messages, count_text
 from gateway.wire import ChatRequest, parse_body, routing_prompt, validate_chat
@@ -127,6 +127,7 @@ async def plan_request(state: GatewayState, request: Request,
     chat = validate_chat(body)
     target = resolve_target(config, chat.model, key, request.headers)
     prompt_tokens = count_messages(body["messages"], body.get("tools"), config.server.image_tokens)
+    target = capable(target, request_needs(body, prompt_tokens, chat.max_output_tokens))  # images, tools, window
     # Routing and eligibility use the expected output; a metered request reserves (and sends
     # upstream) a hard output cap instead, so it can never cost more than was reserved.
     expected = chat.max_output_tokens or config.server.estimate_output_tokens
@@ -408,8 +409,8 @@ async def _attempt_failed(
     _record_failure(state, plan, err, failures)
     if state.health is not None and err.provider:
         await state.health.failure(state.config.server, err.provider, err.kind, err.status)
-    if not err.retryable:
-        raise err
+    if not err.retryable or (err.kind == "context_length" and err.provider == plan.order[-1].name):
+        raise err  # the last provider found the prompt too long too: the caller's 400, as it said
 
 
 async def _deadline(state: GatewayState, plan: Plan, res: Reservation | None, waiting_for: str) -> DeadlineExceeded:
