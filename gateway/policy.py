@@ -22,7 +22,7 @@ and ``auto@T`` included, route at the floor or above.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -181,6 +181,18 @@ def capable(target: Target, needs: Needs) -> Target:
 def estimate_cost(provider: ProviderConfig, prompt_tokens: int, output_bound: int, n: int) -> float:
     """Upper estimate before the call: prompt × input price + n × output bound × output price."""
     return provider.cost(prompt_tokens, output_bound * n)
+
+
+def expected_cost(provider: ProviderConfig, prompt_tokens: int, max_output_tokens: int | None,
+                  n: int) -> Callable[[float], float]:
+    """``Candidate.cost_at``: USD were each of the ``n`` answers ``tokens`` long (a router's expected
+    length, capped at ``max_tokens``): what the router ranks on; budgets stay on ``estimate_cost``."""
+    cap = float(max_output_tokens) if max_output_tokens else math.inf
+
+    def cost_at(tokens: float) -> float:
+        return (prompt_tokens * provider.input_usd_per_mtok + min(tokens, cap) * n * provider.output_usd_per_mtok) / 1e6
+
+    return cost_at
 
 
 def eligible(

@@ -32,7 +32,7 @@ from gateway.forward import Chunk, Forwarder
 from gateway.health import ProviderHealth
 from gateway.keys import authenticate, budget_account
 from gateway.metrics import Metrics
-from gateway.policy import capable, cost_cap, eligible, estimate_cost, request_needs, resolve_target
+from gateway.policy import capable, cost_cap, eligible, estimate_cost, expected_cost, request_needs, resolve_target
 from gateway.store import Reservation, SettlementQueue, Store, StoreBusy, new_reservation_id, redact_text, redact_url
 from gateway.tokens import count_messages, count_text
 from gateway.wire import ChatRequest, parse_body, routing_prompt, validate_chat
@@ -141,7 +141,8 @@ async def plan_request(state: GatewayState, request: Request,
     policy = "named"
     if target.routed:
         t = time.perf_counter()
-        candidates = [Candidate(p.name, p.expert, estimates[p.name]) for p in fits]
+        candidates = [Candidate(p.name, p.expert, estimates[p.name],
+                                expected_cost(p, prompt_tokens, chat.max_output_tokens, chat.n)) for p in fits]
         prompt = routing_prompt(body["messages"])
         if getattr(state.router, "blocking", False):
             ranking = await asyncio.to_thread(state.router.rank, prompt, candidates, target.tradeoff)
