@@ -7,7 +7,10 @@ hash (virtual keys); the values are read when the config is loaded and never log
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
+import json
 import os
 import re
 import urllib.parse
@@ -99,6 +102,11 @@ class ProviderConfig:
     describe: DescribeConfig | None = None  # or: the gateway makes the descriptor when the provider joins
     transport: Transport = "auto"
     mode: Mode = "chat"
+    # What the model can take (``auto`` ranks only providers that can serve a request); None: unknown,
+    # which allows it. Declared in gateway.yaml, else litellm's model map, else unknown.
+    context_window: int | None = None  # prompt + max_tokens, in tokens
+    supports_vision: bool | None = None
+    supports_tools: bool | None = None
 
     @property
     def upstream_model(self) -> str:
@@ -334,6 +342,10 @@ def _provider(r: _Reader, env: Mapping[str, str], litellm_prices: Any) -> Provid
         in_price = listed[0] if in_price is None else in_price
         out_price = listed[1] if out_price is None else out_price
     descriptor_file, describe = _descriptor(r)
+    listed_caps = litellm_capabilities(model)
+    window = r.get("context_window", int, listed_caps.get("context_window"))
+    if window is not None and window < 1:
+        raise ConfigError(r.file, r._field("context_window"), "must be >= 1")
     cfg = ProviderConfig(
         name=name,
         model=model,
@@ -349,6 +361,9 @@ def _provider(r: _Reader, env: Mapping[str, str], litellm_prices: Any) -> Provid
         describe=describe,
         transport=transport,
         mode=mode,
+        context_window=window,
+        supports_vision=r.get("supports_vision", bool, listed_caps.get("supports_vision")),
+        supports_tools=r.get("supports_tools", bool, listed_caps.get("supports_tools")),
     )
     if mode != "chat" and (cfg.expert is not None or cfg.describe is not None or cfg.descriptor is not None):
         # The router ranks chat providers; a descriptor would even be probed with chat prompts.
@@ -491,6 +506,34 @@ def litellm_price(model: str) -> tuple[float, float] | None:
     if not info or info.get("input_cost_per_token") is None:
         return None
     return info["input_cost_per_token"] * 1e6, info.get("output_cost_per_token", 0.0) * 1e6
+
+
+@functools.lru_cache(maxsize=1)
+def _litellm_model_map() -> dict[str, Any]:
+    """litellm's bundled model map, read as JSON from its package (importing litellm takes seconds,
+    and the lean image may not have it: then nothing is known)."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or spec.origin is None:
+        return {}
+    path = Path(spec.origin).parent / "model_prices_and_context_window_backup.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def litellm_capabilities(model: str) -> dict[str, Any]:
+    """``context_window`` (max_input_tokens), ``supports_vision``, ``supports_tools``
+    (supports_function_calling) from litellm's model map; a field it does not state is left out."""
+    table = _litellm_model_map()
+    info = table.get(model) or table.get(model.split("/", 1)[-1])
+    if not isinstance(info, dict):
+        return {}
+    found = {"context_window": info.get("max_input_tokens"), "supports_vision": info.get("supports_vision"),
+             "supports_tools": info.get("supports_function_calling")}
+    return {k: v for k, v in found.items()
+            if (isinstance(v, bool) if k != "context_window" else isinstance(v, int) and not isinstance(v, bool))}
 
 
 def _expand_env(value: str, env: Mapping[str, str], file: str, field_name: str) -> str:

@@ -108,7 +108,7 @@ class UpstreamError(GatewayError):
         self.retryable = retryable
         self.provider = provider
         self.body = body
-        self.kind = kind  # "status" | "timeout" | "connection" | "protocol"
+        self.kind = kind  # "status" | "timeout" | "connection" | "protocol" | "context_length"
 
     def to_dict(self) -> dict[str, Any]:
         # A caller's-fault 4xx is returned as the provider said it (OpenAI-shaped where it was).

@@ -87,18 +87,32 @@ def _error_message(provider: str, status: int, payload: Any, secrets: Secrets) -
     return f"provider {provider!r} answered {status}" + (f": {detail[:500]}" if detail else "")
 
 
+_CONTEXT_WORDS = ("context length", "context_length", "maximum context", "context window")
+
+
+def is_context_length(status: int, code: Any, message: str) -> bool:
+    """A 400 saying the prompt is too long for this model (OpenAI: ``context_length_exceeded``):
+    another provider with a larger window may take it, so it is no caller's error to return."""
+    text = message.lower()
+    return status == 400 and (code == "context_length_exceeded" or any(w in text for w in _CONTEXT_WORDS))
+
+
 def _status_error(provider: str, status: int, raw: bytes, secrets: Secrets) -> UpstreamError:
     try:
         payload = json.loads(raw) if raw else None
     except ValueError:
         payload = None
     body = secrets.redact_json(payload) if isinstance(payload, dict) else None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    error = error if isinstance(error, dict) else {}
+    too_long = is_context_length(status, error.get("code"), str(error.get("message", "")))
     return UpstreamError(
         _error_message(provider, status, payload, secrets),
         status=status,
-        retryable=is_retryable_status(status),
+        retryable=too_long or is_retryable_status(status),
         provider=provider,
         body=body,
+        kind="context_length" if too_long else "status",
     )
 
 
@@ -300,6 +314,8 @@ def _litellm_error(provider: str, exc: Exception, secrets: Secrets) -> UpstreamE
         status, kind = 502, "connection"
     text = secrets.redact(str(exc).split("Traceback (most recent call last)")[0].strip())
     message = f"provider {provider!r} failed ({name}, {status}): {text[:300]}"
+    if name == "ContextWindowExceededError" or is_context_length(status, None, text):
+        status, kind = 400, "context_length"
     retryable = kind != "status" or is_retryable_status(status)
     body = None if retryable else {"error": {"message": message, "type": "invalid_request_error",
                                              "param": None, "code": None}}

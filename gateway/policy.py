@@ -22,8 +22,9 @@ and ``auto@T`` included, route at the floor or above.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 from starlette.datastructures import Headers
 
@@ -129,9 +130,69 @@ def cost_cap(key: KeyConfig | None, headers: Mapping[str, str]) -> float | None:
     return min(present) if present else None
 
 
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """What serving a request takes from a provider (``ProviderConfig.context_window`` & co.)."""
+
+    vision: bool  # an image part in some message
+    tools: bool  # tool definitions sent
+    tokens: int  # prompt tokens + max_tokens (the prompt alone when max_tokens is absent)
+
+
+def request_needs(body: Mapping[str, Any], prompt_tokens: int, max_output_tokens: int | None) -> Needs:
+    images = any(isinstance(part, dict) and part.get("type") == "image_url"
+                 for m in body.get("messages") or [] if isinstance(m, dict) and isinstance(m.get("content"), list)
+                 for part in m["content"])
+    return Needs(images, bool(body.get("tools")), prompt_tokens + (max_output_tokens or 0))
+
+
+def lacks(provider: ProviderConfig, needs: Needs) -> tuple[str, str] | None:
+    """(why, the capability's name) when ``provider`` cannot serve the request; unknown allows it."""
+    if needs.vision and provider.supports_vision is False:
+        return f"provider {provider.name!r} does not take images (supports_vision: false)", "vision"
+    if needs.tools and provider.supports_tools is False:
+        return f"provider {provider.name!r} does not take tools (supports_tools: false)", "tools"
+    if provider.context_window is not None and needs.tokens > provider.context_window:
+        return (f"provider {provider.name!r} has a context window of {provider.context_window} tokens; this "
+                f"request needs {needs.tokens} (prompt + max_tokens)"), "context_window"
+    return None
+
+
+_CAPABILITY_ERRORS = {"vision": ("messages", "model_not_supported"), "tools": ("tools", "model_not_supported"),
+                      "context_window": ("messages", "context_length_exceeded")}
+
+
+def capable(target: Target, needs: Needs) -> Target:
+    """The target less the providers that cannot serve the request. A named provider that cannot,
+    or a routed request no provider can serve, is a 400 that names the missing capability."""
+    verdicts = [(p, lacks(p, needs)) for p in target.providers]
+    fits = tuple(p for p, why in verdicts if why is None)
+    if fits:
+        return target if len(fits) == len(target.providers) else replace(target, providers=fits)
+    whys = [why for _, why in verdicts if why is not None]
+    missing = sorted({cap for _, cap in whys})
+    param, code = _CAPABILITY_ERRORS[whys[0][1]]
+    if not target.routed:
+        raise InvalidRequest(whys[0][0], param=param, code=code)
+    raise InvalidRequest(f"no provider can serve this request (missing: {', '.join(missing)}): "
+                         + "; ".join(why for why, _ in whys), param=param, code=code)
+
+
 def estimate_cost(provider: ProviderConfig, prompt_tokens: int, output_bound: int, n: int) -> float:
     """Upper estimate before the call: prompt × input price + n × output bound × output price."""
     return provider.cost(prompt_tokens, output_bound * n)
+
+
+def expected_cost(provider: ProviderConfig, prompt_tokens: int, max_output_tokens: int | None,
+                  n: int) -> Callable[[float], float]:
+    """``Candidate.cost_at``: USD were each of the ``n`` answers ``tokens`` long (a router's expected
+    length, capped at ``max_tokens``): what the router ranks on; budgets stay on ``estimate_cost``."""
+    cap = float(max_output_tokens) if max_output_tokens else math.inf
+
+    def cost_at(tokens: float) -> float:
+        return (prompt_tokens * provider.input_usd_per_mtok + min(tokens, cap) * n * provider.output_usd_per_mtok) / 1e6
+
+    return cost_at
 
 
 def eligible(

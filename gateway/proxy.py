@@ -35,7 +35,16 @@ from gateway.health import ProviderHealth
 from gateway.keys import authenticate, budget_account
 from gateway.metrics import Metrics
 from gateway.observe import AccessRecord, Tracing, access_of, detached
-from gateway.policy import Target, cost_cap, eligible, estimate_cost, resolve_target
+from gateway.policy import (
+    Target,
+    capable,
+    cost_cap,
+    eligible,
+    estimate_cost,
+    expected_cost,
+    request_needs,
+    resolve_target,
+)
 from gateway.store import Reservation, SettlementQueue, Store, StoreBusy, new_reservation_id, redact_text, redact_url
 from gateway.tokens import count_messages, count_text
 from gateway.wire import ChatRequest, parse_body, routing_prompt, validate_chat
@@ -140,6 +149,7 @@ async def plan_request(state: GatewayState, request: Request,
     rec.model, rec.stream = chat.model, chat.stream
     target = resolve_target(config, chat.model, key, request.headers)
     prompt_tokens = count_messages(body["messages"], body.get("tools"), config.server.image_tokens)
+    target = capable(target, request_needs(body, prompt_tokens, chat.max_output_tokens))  # images, tools, window
     # Routing and eligibility use the expected output; a metered request reserves (and sends
     # upstream) a hard output cap instead, so it can never cost more than was reserved.
     expected = chat.max_output_tokens or config.server.estimate_output_tokens
@@ -150,17 +160,19 @@ async def plan_request(state: GatewayState, request: Request,
     cap = cost_cap(key, request.headers)
     ticket = await _cache_lookup(state, key, chat, request.headers, target)
     if ticket is not None and ticket.entry is not None:  # answered from the cache: no routing, no reservation
-        return Plan(chat, key, [], estimates, prompt_tokens, "cache", 0.0, started, account, unmetered, cache=ticket)
+        return Plan(chat, key, [], estimates, prompt_tokens, "cache", 0.0, started, account, unmetered, cache=ticket,
+                    access=rec)
     fits = eligible(target.providers, estimates, cap)
     routing_s = 0.0
     policy = "named"
     predicted: dict[str, float] = {}
     if target.routed:
         t = time.perf_counter()
-        candidates = [Candidate(p.name, p.expert, estimates[p.name]) for p in fits]
+        candidates = [Candidate(p.name, p.expert, estimates[p.name],
+                                expected_cost(p, prompt_tokens, chat.max_output_tokens, chat.n)) for p in fits]
         prompt = routing_prompt(body["messages"])
         with rec.trace.span("route"):
-            if getattr(state.router, "blocking", False):
+            if state.router.blocking:
                 ranking = await asyncio.to_thread(state.router.rank, prompt, candidates, target.tradeoff)
             else:
                 ranking = state.router.rank(prompt, candidates, target.tradeoff)
@@ -476,8 +488,8 @@ async def _attempt_failed(
     _record_failure(state, plan, err, failures)
     if state.health is not None and err.provider:
         await state.health.failure(state.config.server, err.provider, err.kind, err.status)
-    if not err.retryable:
-        raise err
+    if not err.retryable or (err.kind == "context_length" and err.provider == plan.order[-1].name):
+        raise err  # the last provider found the prompt too long too: the caller's 400, as it said
 
 
 async def _deadline(state: GatewayState, plan: Plan, res: Reservation | None, waiting_for: str) -> DeadlineExceeded:

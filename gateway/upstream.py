@@ -81,6 +81,7 @@ class Fault:
     latency_ms: float | None = None
     chunk_delay_ms: float | None = None
     retry_after_s: float | None = None
+    context_window: int | None = None  # prompt + max_tokens above this: OpenAI's context_length_exceeded 400
     rate: float = 1.0
     times: int | None = None
 
@@ -88,7 +89,8 @@ class Fault:
 def parse_fault(spec: str) -> Fault | None:
     """Parse ``item[,item...]``; items: ``status:CODE`` (or a bare code), ``timeout[:SECONDS]``,
     ``cut[:EVENTS]``, ``latency:MS``, ``chunk_delay:MS``, ``retry_after:S``, ``rate:P``,
-    ``times:N``. ``:`` and ``=`` both separate key and value. ``""``, ``none``, ``ok`` mean no fault."""
+    ``times:N``, ``context:TOKENS``. ``:`` and ``=`` both separate key and value. ``""``, ``none``,
+    ``ok`` mean no fault."""
     text = spec.strip()
     if text.lower() in ("", "none", "ok"):
         return None
@@ -115,6 +117,8 @@ def parse_fault(spec: str) -> Fault | None:
                     raise ValueError("rate must be in [0, 1]")
             elif key == "times":
                 fields["times"] = int(value)
+            elif key == "context":
+                fields["context_window"] = int(value)
             else:
                 raise ValueError("unknown fault kind")
         except ValueError as exc:
@@ -321,10 +325,12 @@ class RawStream(Response):
 
 
 def error_response(
-    status: int, message: str, param: str | None = None, headers: Mapping[str, str] | None = None
+    status: int, message: str, param: str | None = None, headers: Mapping[str, str] | None = None,
+    error_code: str | None = None,
 ) -> JSONResponse:
     """OpenAI's error JSON."""
     kind, code = _ERROR_TYPES.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+    code = error_code or code
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
@@ -382,6 +388,13 @@ async def chat_completions(request: Request) -> Response:
     if fault.status is not None:
         retry = {"retry-after": f"{fault.retry_after_s:g}"} if fault.retry_after_s is not None else {}
         return error_response(fault.status, f"injected fault: status {fault.status} for model {model!r}", headers=retry)
+    if fault.context_window is not None:
+        text = json.dumps(body["messages"])  # a close-enough count: the test sizes its prompts well apart
+        need = len(state.encoding.encode(text, disallowed_special=())) + int(body.get("max_tokens") or 0)
+        if need > fault.context_window:
+            return error_response(400, f"This model's maximum context length is {fault.context_window} tokens. "
+                                  f"However, you requested {need} tokens. Please reduce the length of the messages.",
+                                  "messages", error_code="context_length_exceeded")
 
     reply = compose_reply(state.table, state.encoding, body, body["model"])
     n = int(body.get("n") or 1)

@@ -15,10 +15,13 @@ Routers: ``ours`` = the kernel-shrink recipe of the bundled artifact, trained on
 the CSCR artifact that was the default before (trained on RouterBench); ``oracle``; single models.
 
 ``ours`` decides with ``kernel_policy.decide`` on the p̂ of ``KernelShrinkRouter.predict`` — the
-functions ``KernelShrinkPolicy.rank`` serves with. The report also checks it: for test prompts and
-several trade-offs, the fraction whose ``rank(...)`` first choice (live encoder, the gateway's path)
-equals the batch decision. And it prints, per trade-off t = 0, 0.1, …, 1, the dearest model's share
-and the mean cost of the train-only artifact's picks on the test prompts (the trade-off table).
+functions ``KernelShrinkPolicy.rank`` serves with — and the gateway-style 512-token cost bound
+(the expected-cost variant is scored in ``cost_eval``). The trade-off table's ``rank`` calls get the
+gateway's pricing callback as served (expected cost from answer lengths). The report also checks
+it: for test prompts and several trade-offs, the fraction whose ``rank(...)`` first choice (live
+encoder, the gateway's path) equals the batch decision. And it prints, per trade-off t = 0, 0.1,
+…, 1, the dearest model's share and the mean cost of the train-only artifact's picks on the test
+prompts (the trade-off table).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +58,17 @@ def gateway_costs(prompts: list[str], models: list[str]) -> np.ndarray:
     pin = np.array([LIST_PRICES[m][0] for m in models])[None, :] / 1e6
     pout = np.array([LIST_PRICES[m][1] for m in models])[None, :] / 1e6
     return tok * pin + OUTPUT_TOKENS * pout
+
+
+def _gateway_candidates(prompt: str, models: list[str], bound: np.ndarray) -> list[Candidate]:
+    """The candidates as the gateway hands them over: the bound as ``cost`` and a pricing callback
+    (``gateway.policy.expected_cost``: ~len/4 prompt tokens, list prices) the router ranks on."""
+    tok = len(prompt) / 4.0
+
+    def at(m: str) -> Callable[[float], float]:
+        return lambda t: (tok * LIST_PRICES[m][0] + t * LIST_PRICES[m][1]) / 1e6
+
+    return [Candidate(m, m, float(e), at(m)) for m, e in zip(models, bound, strict=True)]
 
 
 def _p_hat(train: Benchmark, emb_tr: np.ndarray, emb_te: np.ndarray, seed: int) -> np.ndarray:
@@ -141,13 +156,20 @@ def tradeoff_rows(bench: Benchmark, artifact: Path, source: str) -> list[dict[st
     cols = np.flatnonzero(~missing.all(axis=0))
     models = [bench.models[j] for j in cols]
     est = gateway_costs(test.prompts, models)
-    p_batch = policy.router.predict(embed_prompts(test.prompts, ENCODER))[:, [policy.experts.index(m) for m in models]]
+    emb = embed_prompts(test.prompts, ENCODER)
+    idx = [policy.experts.index(m) for m in models]
+    p_batch = policy.router.predict(emb)[:, idx]
+    rule_cost = est  # what ``rank`` ranks on: the expected cost where the artifact has answer lengths
+    if policy.lengths is not None:
+        tok = np.array([len(p) / 4.0 for p in test.prompts])[:, None]
+        pin, pout = (np.array([LIST_PRICES[m][i] for m in models])[None, :] / 1e6 for i in (0, 1))
+        rule_cost = tok * pin + policy.lengths.predict(emb)[:, idx] * pout
     dearest = int(np.argmax(est.mean(axis=0)))
     out = []
     for t in TRADEOFFS:
-        batch = decide(p_batch, est, [policy.lam(float(t))])[0] if t < 1 else np.argmin(est, axis=1)
-        served = np.array([models.index(policy.rank(p, [Candidate(m, m, float(e)) for m, e in zip(models, row,
-                           strict=True)], float(t)).order[0].name) for p, row in zip(test.prompts, est, strict=True)])
+        batch = decide(p_batch, rule_cost, [policy.lam(float(t))])[0] if t < 1 else np.argmin(rule_cost, axis=1)
+        served = np.array([models.index(policy.rank(p, _gateway_candidates(p, models, row), float(t)).order[0].name)
+                           for p, row in zip(test.prompts, est, strict=True)])
         r = np.arange(len(served))
         graded = ~missing[r, cols[served]]
         mix = np.bincount(served, minlength=len(models)) / len(served)

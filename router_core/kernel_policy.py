@@ -35,7 +35,15 @@ import numpy as np
 from router_core.encoder import ROUTING_TEXT_VERSION, encoder_spec, get_encoder, routing_text
 from router_core.graded import GRADED_PROBES_FILE, GradedProbes, build_graded_probes
 from router_core.types import Candidate, Descriptor, DescriptorError, DescriptorSpec, Ranking, Scored, check_descriptor
-from router_core.variants import KernelShrinkRouter, LengthCostModel, random_folds, select_hyperparams
+from router_core.variants import (
+    KernelShrinkRouter,
+    LengthCostModel,
+    NeighbourLengths,
+    answer_tokens,
+    random_folds,
+    select_hyperparams,
+    select_length_params,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +74,7 @@ class KernelShrinkPolicy:
     def __init__(self, router: KernelShrinkRouter, experts: list[str], lam_table: list[float], encoder: str,
                  embeddings: np.ndarray, labels: np.ndarray, observed: np.ndarray,
                  cost_model: LengthCostModel | None = None, graded: GradedProbes | None = None,
-                 graded_file: str | None = None) -> None:
+                 graded_file: str | None = None, lengths: NeighbourLengths | None = None) -> None:
         self.router = router
         self.experts = list(experts)
         self.lam_table = np.asarray(lam_table, dtype=np.float64)
@@ -76,6 +84,8 @@ class KernelShrinkPolicy:
         self._emb, self._labels, self._observed = embeddings, labels, observed
         self.graded = graded  # the gradable probes shipped with the artifact (onboarding by probing)
         self._graded_file = graded_file
+        self.lengths = lengths  # expected answer lengths per trained expert (None: rank on Candidate.cost)
+        self._length_cols = {e: j for j, e in enumerate(experts)}
 
     @property
     def descriptor_spec(self) -> DescriptorSpec:
@@ -92,8 +102,24 @@ class KernelShrinkPolicy:
 
     def predict(self, prompt: str) -> np.ndarray:
         """p̂ per expert for one prompt: (M,)."""
-        q = self.encoder.encode(routing_text(prompt))[None, :]  # (1, D)
-        return self.router.predict(q)[0]
+        return self.router.predict(self._embed(prompt))[0]
+
+    def _embed(self, prompt: str) -> np.ndarray:
+        return self.encoder.encode(routing_text(prompt))[None, :]  # (1, D)
+
+    def expected_costs(self, q: np.ndarray, known: Sequence[Candidate]) -> np.ndarray:
+        """(K,) USD the rule ranks on: each candidate priced (``Candidate.cost_at``) at the answer
+        length its model gave the prompts nearest ``q``; a model without recorded lengths (added by
+        descriptor) at the median of the others' for this prompt. ``Candidate.cost`` when the artifact
+        has no lengths or the gateway gave no pricing callback."""
+        if self.lengths is None or any(c.cost_at is None for c in known):
+            return np.array([c.cost for c in known])
+        tokens = self.lengths.predict(q)[0]  # (M0,) this artifact's trained experts
+        per = [float(tokens[self._length_cols[c.expert]]) if c.expert in self._length_cols else np.nan for c in known]
+        finite = [t for t in per if np.isfinite(t)]
+        typical = float(np.median(finite)) if finite else float(np.nanmedian(tokens))
+        return np.array([c.cost_at(t if np.isfinite(t) else typical) for c, t in zip(known, per, strict=True)
+                         if c.cost_at is not None])
 
     def add_expert(self, name: str, descriptor: Descriptor) -> None:
         """A new (or replaced) model from its graded answers on the probe prompts (NaN = unknown);
@@ -135,16 +161,17 @@ class KernelShrinkPolicy:
                          key=lambda c: (c.cost, c.name))
         order: list[Scored] = []
         if known:
-            p_all = self.predict(prompt)
+            q = self._embed(prompt)
+            p_all = self.router.predict(q)[0]
             p = np.array([p_all[pos[c.expert]] for c in known if c.expert is not None])  # (K,)
-            cost = np.array([c.cost for c in known])
+            cost = self.expected_costs(q, known)
             if tradeoff >= 1.0:  # cheapest outright, the likelier-right first among equals
                 idx = np.lexsort((-p, cost))
                 scores = -cost
             else:
                 scores = rule_scores(p, cost, self.lam(tradeoff))
                 idx = np.lexsort((cost, -scores))
-            order = [Scored(known[i].name, float(scores[i]), float(p[i]), known[i].cost) for i in idx]
+            order = [Scored(known[i].name, float(scores[i]), float(p[i]), float(cost[i])) for i in idx]
         floor = min((s.score for s in order), default=0.0) - 1.0
         order += [Scored(c.name, floor - i, None, c.cost) for i, c in enumerate(unknown)]
         return Ranking(order=tuple(order), policy=self.name)
@@ -218,10 +245,25 @@ def cross_fitted(router: KernelShrinkRouter, emb: np.ndarray, quality: np.ndarra
     return out
 
 
-def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int = 0, fit_on: str = "train") -> Path:
+def cross_fitted_lengths(params: dict[str, float], emb: np.ndarray, tokens: np.ndarray, seed: int = 0,
+                         folds: int = 4) -> np.ndarray:
+    """(N, M) expected answer lengths of the training prompts, each from a model fitted without its fold."""
+    fold = random_folds(emb.shape[0], folds, seed)
+    out = np.zeros(tokens.shape)
+    for f in range(folds):
+        m = NeighbourLengths(k=int(params["k"]), bandwidth=float(params["bandwidth"]),
+                             prior_strength=float(params["prior_strength"]))
+        out[fold == f] = m.fit(emb[fold != f], tokens[fold != f]).predict(emb[fold == f])
+    return out
+
+
+def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int = 0, fit_on: str = "train",
+          answer_lengths: bool = True) -> Path:
     """Fit on the benchmark's training split (``fit_on="all"``: every labelled prompt) and write
-    the artifact directory."""
-    from router_core.data import load_benchmark, versions_of
+    the artifact directory. ``answer_lengths``: ship each model's recorded answer lengths, so the
+    rule ranks on expected cost (``NeighbourLengths``); the trade-off table is then made on the
+    same expected costs (cross-fitted)."""
+    from router_core.data import LIST_PRICES, load_benchmark, versions_of
     from router_core.encoder import embed_prompts
 
     started = time.perf_counter()
@@ -236,14 +278,26 @@ def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int =
     router = KernelShrinkRouter.from_hyperparams(hp, seed)
     router.fit(emb, train.quality, observed)
     cost_model = LengthCostModel().fit(lengths, train.cost)
-    table, ends = tradeoff_table(cross_fitted(router, emb, train.quality, observed), cost_model.predict(lengths))
+    table_cost = cost_model.predict(lengths)
+    arrays = {"embeddings": emb.astype(np.float16), "labels": train.quality.astype(np.float16),
+              "observed": observed, "centroids": router.centroids}
+    length_params = None
+    if answer_lengths:
+        pin = np.array([LIST_PRICES[m][0] for m in train.models]) / 1e6
+        pout = np.array([LIST_PRICES[m][1] for m in train.models]) / 1e6
+        tokens = answer_tokens(train.prompts, train.cost, pin, pout, observed)
+        length_params = select_length_params(emb, tokens, seed=seed)
+        table_cost = (np.array([len(p) / 4.0 for p in train.prompts])[:, None] * pin
+                      + cross_fitted_lengths(length_params, emb, tokens, seed) * pout)
+        arrays["answer_tokens"] = np.minimum(tokens, 60000).astype(np.float16)  # NaN: not recorded
+    table, ends = tradeoff_table(cross_fitted(router, emb, train.quality, observed), table_cost)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "arrays.npz", embeddings=emb.astype(np.float16),
-                        labels=train.quality.astype(np.float16), observed=observed, centroids=router.centroids)
+    np.savez_compressed(out / "arrays.npz", **arrays)  # type: ignore[arg-type]
     config = {
         "variant": VARIANT, "loader": LOADER, "encoder": encoder, "encoder_version": encoder_spec(encoder).version,
         "routing_text": ROUTING_TEXT_VERSION, "hyperparameters": hp, "seed": seed, "experts": list(train.models),
         "fit_on": fit_on, "n_prompts": len(train), "lam_table": table, "tradeoff_scale": "log-spend-v1",
+        "answer_lengths": length_params,
         "tradeoff_ends": ends, "cost_model": {"coef": cost_model.coef.tolist(), "floor": cost_model.floor.tolist()},
         "data_versions": versions_of(bench), "train_seconds": round(time.perf_counter() - started, 1),
         "probe_ids": list(train.prompt_ids),
@@ -268,13 +322,20 @@ def load_policy(path: Path, top_k: int | None = None) -> KernelShrinkPolicy:
     router.fit(emb, labels, observed, centroids=arrays["centroids"] if "centroids" in arrays.files else None)
     cm = config.get("cost_model")
     cost_model = None if cm is None else LengthCostModel(np.asarray(cm["coef"]), np.asarray(cm["floor"]))
+    lengths = None
+    if config.get("answer_lengths") and "answer_tokens" in arrays.files:
+        lp = config["answer_lengths"]
+        lengths = NeighbourLengths(k=int(lp["k"]), bandwidth=float(lp["bandwidth"]),
+                                   prior_strength=float(lp["prior_strength"]))
+        lengths.fit(emb, arrays["answer_tokens"].astype(np.float64))
     graded_file = Path(path) / GRADED_PROBES_FILE
     graded = GradedProbes.load(graded_file) if graded_file.exists() else None
     if graded is not None and graded.artifact_probes != labels.shape[0]:
         raise ValueError(f"{graded_file} is for {graded.artifact_probes} probe prompts; "
                          f"the artifact has {labels.shape[0]}")
     return KernelShrinkPolicy(router, config["experts"], config["lam_table"], config["encoder"], emb, labels,
-                              observed, cost_model, graded, str(graded_file) if graded is not None else None)
+                              observed, cost_model, graded, str(graded_file) if graded is not None else None,
+                              lengths)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,10 +347,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the training split only (for numbers on the test split) or every labelled prompt")
     parser.add_argument("--encoder", default="static-minilm")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-answer-lengths", action="store_true",
+                        help="rank on the gateway's cost bound, not on expected cost from recorded answer lengths")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    build(args.benchmark, args.out, args.encoder, args.seed, args.fit_on)
+    build(args.benchmark, args.out, args.encoder, args.seed, args.fit_on, not args.no_answer_lengths)
     return 0
 
 

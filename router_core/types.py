@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -138,11 +138,16 @@ class Descriptor:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One provider the request may go to."""
+    """One provider the request may go to.
+
+    ``cost`` is the gateway's conservative estimate (its output bound); ``cost_at`` (optional) prices
+    this request for an expected answer length, so a router that predicts answer lengths per model
+    ranks on expected cost instead (budgets and eligibility stay on ``cost``)."""
 
     name: str  # provider name in gateway.yaml
     expert: str | None  # expert key name in the router artifact; None: the router knows nothing of it
     cost: float  # estimated USD of this request on this provider
+    cost_at: Callable[[float], float] | None = None  # USD were each answer this many output tokens long
 
 
 @dataclass(frozen=True, slots=True)

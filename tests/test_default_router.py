@@ -12,6 +12,7 @@ import pytest
 
 from gateway.app import load_policy
 from gateway.config import GatewayConfig, load_config
+from gateway.policy import expected_cost
 from gateway.tokens import count_messages
 from router_core.kernel_policy import KernelShrinkPolicy
 from router_core.paths import default_data_dir
@@ -36,10 +37,12 @@ def policy(config: GatewayConfig) -> KernelShrinkPolicy:
 
 
 def _candidates(config: GatewayConfig, prompt: str) -> list[Candidate]:
-    """Every provider of the default gateway.yaml with the cost the gateway estimates before the call."""
+    """Every provider of the default gateway.yaml as the gateway hands it to the router: its
+    conservative estimate, and the pricing callback the router ranks on (expected answer lengths)."""
     tokens = count_messages([{"role": "user", "content": prompt}])
     out = config.server.estimate_output_tokens
-    return [Candidate(p.name, p.expert, p.cost(tokens, out)) for p in config.providers]
+    return [Candidate(p.name, p.expert, p.cost(tokens, out), expected_cost(p, tokens, None, 1))
+            for p in config.providers]
 
 
 def _dearest(config: GatewayConfig, prompt: str) -> str:

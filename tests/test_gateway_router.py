@@ -56,7 +56,10 @@ def test_bundled_router_serves_auto(client: openai.OpenAI, prompts: list[str]) -
         assert policy != "cost-only"  # the trained router is in use
         best[provider] += 1
         cheap[_route(client, "auto:cheap", prompt)[0]] += 1
-    assert cheap == Counter({"mistral-7b-chat": len(prompts)})  # trade-off 1: the cheapest, always
+    # trade-off 1: the cheapest in expectation, priced at each model's predicted answer length (the
+    # default artifact's answer lengths): mistral-7b ($0.2/M) mostly, wizardlm-13b ($0.3/M) where
+    # mistral's answers to similar prompts ran long; never a dearer model
+    assert set(cheap) <= {"mistral-7b-chat", "wizardlm-13b"} and cheap["mistral-7b-chat"] > len(prompts) / 2, cheap
     assert "mistral-7b-chat" not in best or best["mistral-7b-chat"] < len(prompts)  # quality costs more
 
 

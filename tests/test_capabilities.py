@@ -1,0 +1,148 @@
+"""Capability filter: providers declare (or litellm's map states) their context window, vision and
+tool support; ``auto`` ranks only the providers that can serve a request, a named one that cannot is
+a 400 naming why, and a provider's own context-length 400 falls back to the next provider. A real
+gateway over real sockets, the real replay upstream and the official ``openai`` client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from gateway.config import ConfigError, parse_config
+from gateway.upstream import start_upstream
+from tests.gateway_fixture import provider, start_gateway
+
+pytestmark = pytest.mark.integration
+
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+LONG = "Summarise the history of the printing press in Europe. " * 60  # ~600 tokens
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    base, stop = start_upstream(faults={"short": "context:200"})  # rejects prompts over 200 tokens
+    yield base
+    stop()
+
+
+def _gateway(up: str, *providers: dict[str, Any]) -> tuple[str, Any]:
+    return start_gateway({"router": {"artifact": "none"}, "server": {"max_attempts": 3, "deadline_s": 20},
+                          "providers": list(providers)})
+
+
+def _post(base: str, content: Any, model: str = "auto", **extra: Any) -> httpx.Response:
+    return httpx.post(base + "/v1/chat/completions", timeout=30,
+                      json={"model": model, "messages": [{"role": "user", "content": content}], **extra})
+
+
+def test_auto_skips_providers_without_vision_or_tools(upstream: str) -> None:
+    # cost-only routing puts the cheap text-only provider first; a request it cannot take skips it
+    base, stop = _gateway(upstream,
+                          provider("text-only", "openai/mistralai/mistral-7b-chat", upstream, (0.1, 0.1),
+                                   supports_vision=False, supports_tools=False),
+                          provider("gpt-4", "openai/gpt-4-1106-preview", upstream, (10.0, 30.0),
+                                   supports_vision=True))
+    try:
+        plain = _post(base, "What is 2 + 2?")
+        assert plain.status_code == 200 and plain.headers["x-cscr-provider"] == "text-only", plain.text
+        image = _post(base, [{"type": "text", "text": "What is in this picture?"}, IMAGE])
+        assert image.status_code == 200 and image.headers["x-cscr-provider"] == "gpt-4", image.text
+        assert image.headers["x-cscr-tried"] == "gpt-4"  # filtered before routing, not tried and failed
+        tools = _post(base, "Look it up.", tools=TOOLS)
+        assert tools.status_code == 200 and tools.headers["x-cscr-provider"] == "gpt-4", tools.text
+    finally:
+        stop()
+
+
+def test_named_provider_that_cannot_serve_is_400_naming_why(upstream: str) -> None:
+    base, stop = _gateway(upstream,
+                          provider("text-only", "openai/mistralai/mistral-7b-chat", upstream, (0.1, 0.1),
+                                   supports_vision=False, supports_tools=False, context_window=100),
+                          provider("gpt-4", "openai/gpt-4-1106-preview", upstream, (10.0, 30.0)))
+    client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+    try:
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="text-only", messages=[
+                {"role": "user", "content": [{"type": "text", "text": "What is this?"}, IMAGE]}])  # type: ignore[list-item]
+        assert "supports_vision: false" in info.value.message and "text-only" in info.value.message
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="text-only", messages=[{"role": "user", "content": "hi"}],
+                                           tools=TOOLS)  # type: ignore[arg-type]
+        assert "supports_tools: false" in info.value.message and info.value.param == "tools"
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="text-only", messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=500)
+        assert info.value.code == "context_length_exceeded" and "context window of 100" in info.value.message
+    finally:
+        stop()
+
+
+def test_no_provider_can_serve_is_400_naming_the_capability(upstream: str) -> None:
+    base, stop = _gateway(upstream,
+                          provider("a", "openai/mistralai/mistral-7b-chat", upstream, (0.1, 0.1),
+                                   supports_vision=False),
+                          provider("b", "openai/gpt-4-1106-preview", upstream, (10.0, 30.0), supports_vision=False))
+    try:
+        r = _post(base, [{"type": "text", "text": "What is this?"}, IMAGE])
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert "no provider can serve this request (missing: vision)" in error["message"]
+        assert "'a'" in error["message"] and "'b'" in error["message"]
+    finally:
+        stop()
+
+
+def test_declared_window_routes_long_prompts_past_small_models(upstream: str) -> None:
+    base, stop = _gateway(upstream,
+                          provider("small", "openai/mistralai/mistral-7b-chat", upstream, (0.1, 0.1),
+                                   context_window=300),
+                          provider("gpt-4", "openai/gpt-4-1106-preview", upstream, (10.0, 30.0)))
+    try:
+        assert _post(base, "hi", max_tokens=16).headers["x-cscr-provider"] == "small"
+        r = _post(base, "hi", max_tokens=400)  # the window counts max_tokens too
+        assert r.status_code == 200 and r.headers["x-cscr-provider"] == "gpt-4", r.text
+        r = _post(base, LONG)
+        assert r.status_code == 200 and r.headers["x-cscr-tried"] == "gpt-4", r.text
+    finally:
+        stop()
+
+
+def test_provider_context_length_error_falls_back(upstream: str) -> None:
+    # "short" declares nothing (unknown: allowed), is cheapest, and its upstream rejects the long prompt
+    base, stop = _gateway(upstream,
+                          provider("short", "openai/short", upstream, (0.01, 0.01)),
+                          provider("gpt-4", "openai/gpt-4-1106-preview", upstream, (10.0, 30.0)))
+    client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+    try:
+        assert _post(base, "hi").headers["x-cscr-provider"] == "short"
+        r = _post(base, LONG)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-cscr-tried"] == "short,gpt-4" and r.headers["x-cscr-provider"] == "gpt-4"
+        assert 'cscr_fallbacks_total{provider="short"} 1.0' in httpx.get(base + "/metrics").text
+        # named, there is no next provider: the provider's own 400, as it said it
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="short", messages=[{"role": "user", "content": LONG}])
+        assert info.value.code == "context_length_exceeded" and "maximum context length" in info.value.message
+    finally:
+        stop()
+
+
+def test_capability_fields_parse_and_fall_back_to_litellm() -> None:
+    def cfg(**extra: Any) -> Any:
+        return parse_config({"providers": [provider("p", "openai/gpt-4o", "http://x/v1", **extra)]}).providers[0]
+
+    listed = cfg()  # litellm's map: gpt-4o has a 128k window, vision and tools
+    assert (listed.context_window, listed.supports_vision, listed.supports_tools) == (128000, True, True)
+    declared = cfg(context_window=8192, supports_vision=False)
+    assert (declared.context_window, declared.supports_vision, declared.supports_tools) == (8192, False, True)
+    unknown = parse_config({"providers": [provider("q", "openai/no-such-model", "http://x/v1")]}).providers[0]
+    assert (unknown.context_window, unknown.supports_vision, unknown.supports_tools) == (None, None, None)
+    with pytest.raises(ConfigError, match="context_window"):
+        cfg(context_window=0)
+    with pytest.raises(ConfigError, match="supports_vision"):
+        cfg(supports_vision="yes")
