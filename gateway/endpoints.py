@@ -174,7 +174,7 @@ async def _plan_passthrough(state: GatewayState, request: Request, mode: Mode) -
         t = time.perf_counter()
         candidates = [Candidate(p.name, p.expert, estimates[p.name]) for p in fits]
         prompt = texts[0] if texts else ""
-        if getattr(state.router, "blocking", False):
+        if state.router.blocking:
             ranking = await asyncio.to_thread(state.router.rank, prompt, candidates, target.tradeoff)
         else:
             ranking = state.router.rank(prompt, candidates, target.tradeoff)
