@@ -240,6 +240,12 @@ class Assembler:
         return payload
 
 
+def _free(usage: Any) -> Any:
+    """The recorded usage as a hit reports it: the tokens of the original answer, ``cost`` 0 (the
+    gateway's ``usage.cost`` is what this request cost, as ``x-cscr-cost-usd`` says)."""
+    return {**usage, "cost": 0.0} if isinstance(usage, dict) else usage
+
+
 def _sse(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
@@ -273,9 +279,12 @@ def hit_response(entry: Entry, stream: bool, include_usage: bool, gateway_s: flo
     headers = {"x-cscr-cache": "hit", "x-cscr-provider": entry.provider, "x-cscr-policy": "cache",
                "x-cscr-cost-usd": f"{0.0:.8f}", "x-cscr-cost-reserved-usd": f"{0.0:.8f}",
                "x-cscr-gateway-ms": f"{gateway_s * 1000:.3f}"}
+    payload = entry.payload
+    if isinstance(payload.get("usage"), dict):
+        payload = {**payload, "usage": _free(payload["usage"])}
     if not stream:
-        return Response(json.dumps(entry.payload).encode(), 200, headers, media_type="application/json")
-    return StreamingResponse(_replayed(replay(entry.payload, include_usage)), 200, headers,
+        return Response(json.dumps(payload).encode(), 200, headers, media_type="application/json")
+    return StreamingResponse(_replayed(replay(payload, include_usage)), 200, headers,
                              media_type="text/event-stream")
 
 
