@@ -41,13 +41,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gateway.config import GatewayConfig, ProviderConfig, load_config
+from gateway.policy import expected_cost
 from gateway.tokens import count_messages
 from router_core.metrics import bootstrap, cost_grid, curve_points, paired_difference
+from router_core.types import Candidate
+
+if TYPE_CHECKING:
+    from router_core.kernel_policy import KernelShrinkPolicy
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +108,7 @@ class Pool:
     column: dict[str, int]  # provider name -> model column; unscorable providers are absent
     expected_output: int  # output tokens the gateway's estimates assume
     image_tokens: int
+    max_tokens: int | None = None  # the requests' max_tokens (None: not sent)
 
 
 def served_pool(config: GatewayConfig, models: Sequence[str], key: str | None = None,
@@ -125,7 +131,8 @@ def served_pool(config: GatewayConfig, models: Sequence[str], key: str | None = 
     if unscorable:
         log.warning("providers without labels in this benchmark: %s; a request they answer stops the run "
                     "(pass --key of a key whose allowed_providers leaves them out)", unscorable)
-    return Pool(providers, column, max_tokens or config.server.estimate_output_tokens, config.server.image_tokens)
+    return Pool(providers, column, max_tokens or config.server.estimate_output_tokens, config.server.image_tokens,
+                max_tokens)
 
 
 def messages_of(prompt: str) -> list[dict[str, Any]]:
@@ -181,6 +188,19 @@ def gateway_estimates(prompts: Sequence[str], pool: Pool) -> np.ndarray:
     return np.array([[p.cost(t, pool.expected_output) for p in pool.providers] for t in tokens])
 
 
+def ranking_costs(policy: KernelShrinkPolicy, emb: np.ndarray, prompts: Sequence[str], pool: Pool) -> np.ndarray:
+    """(N, P) the costs ``rank`` ranks on, from the same candidates ``plan_request`` builds: the
+    estimate, and the pricing callback the router prices at its predicted answer length."""
+    est = gateway_estimates(prompts, pool)  # (N, P)
+    out = np.empty_like(est)
+    for i, prompt in enumerate(prompts):
+        tokens = count_messages(messages_of(prompt), None, pool.image_tokens)
+        candidates = [Candidate(p.name, p.expert, float(est[i, j]), expected_cost(p, tokens, pool.max_tokens, 1))
+                      for j, p in enumerate(pool.providers)]
+        out[i] = policy.expected_costs(emb[i:i + 1], candidates)
+    return out
+
+
 def offline_choices(artifact: str, prompts: Sequence[str], pool: Pool,
                     tradeoffs: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """The served artifact's decisions without HTTP: batch embeddings, ``kernel_policy.decide`` with
@@ -196,9 +216,10 @@ def offline_choices(artifact: str, prompts: Sequence[str], pool: Pool,
     known = [i for i, p in enumerate(pool.providers) if p.expert in policy.experts and p.name in pool.column]
     if len(known) < len(pool.providers):  # the policy ranks unknown experts last; keep it simple
         raise EvalGatewayError("offline decisions need every provider in the pool to be a known, scored expert")
-    p_all = policy.router.predict(embed_prompts(list(prompts), policy.encoder.name))  # (N, E)
+    emb = embed_prompts(list(prompts), policy.encoder.name)  # (N, D)
+    p_all = policy.router.predict(emb)  # (N, E)
     p_hat = p_all[:, [policy.experts.index(p.expert or "") for p in pool.providers]]  # (N, P)
-    est = gateway_estimates(prompts, pool)  # (N, P)
+    est = ranking_costs(policy, emb, prompts, pool)  # (N, P) what rank ranks on
     rows = []
     for t in tradeoffs:
         if t >= 1.0:
