@@ -67,6 +67,7 @@ def _held_out_prompts(n: int) -> list[str]:
     return rb_test + [str(p) for p in ae[ae.split == "test"].prompt_text.head(n)]
 
 
+@pytest.mark.usefixtures("benchmark_data_dir")  # held-out RouterBench and AlpacaEval prompts
 def test_tradeoff_has_a_middle(config: GatewayConfig, policy: KernelShrinkPolicy) -> None:
     """t moves spend along a log scale: the dearest model's share falls step by step and t = 0.5
     spends near the geometric middle of t = 0 and t = 1, not t = 0's bill (the old default: ~97%)."""
@@ -84,6 +85,7 @@ def test_tradeoff_has_a_middle(config: GatewayConfig, policy: KernelShrinkPolicy
     assert 0.25 < middle < 0.75, spend
 
 
+@pytest.mark.usefixtures("benchmark_data_dir")
 def test_chat_data_models_without_a_label_are_missing_not_wrong() -> None:
     from router_core.data import load_benchmark
 

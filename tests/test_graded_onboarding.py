@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -19,12 +20,13 @@ from descriptors.graded import graded_descriptor
 from descriptors.live import LiveTarget, ProbeSettings
 from gateway.config import parse_config
 from gateway.experts import install_experts
-from gateway.replay import REPLAY_PRICES
+from gateway.replay import BUNDLED_REPLAY, REPLAY_PRICES
 from gateway.store import MemoryStore
 from gateway.upstream import start_upstream
 from router_core.data import load_benchmark
 from router_core.graded import GRADED_PROBES_FILE, GradedProbes, extract_letter
 from router_core.kernel_policy import KernelShrinkPolicy
+from router_core.paths import DataNotFoundError
 from router_core.router import default_artifact_path, load_routing_policy
 from router_core.types import Descriptor, DescriptorError
 from tests.gateway_fixture import start_gateway
@@ -82,6 +84,7 @@ def test_default_artifact_ships_gradable_probes(graded: GradedProbes) -> None:
     assert abs(arc - 200 * graded.tasks.count("arc-challenge") / len(graded)) <= 1
 
 
+@pytest.mark.usefixtures("benchmark_data_dir")  # the recorded grades to compare with
 def test_live_graded_descriptor_matches_recorded_correctness(upstream: str, graded: GradedProbes) -> None:
     """The replay upstream answers as gpt-4 did: grading its answers gives gpt-4's recorded grades."""
     prices = REPLAY_PRICES[GPT4]
@@ -149,8 +152,9 @@ def test_newcomer_probed_on_arrival_routes_with_the_default_router(tmp_path: Pat
            "providers": pool}
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    bench = load_benchmark("routerbench")
-    prompts = [bench.prompts[i] for i in np.flatnonzero((bench.split == "test") & (bench.extra["task"] != "mbpp"))[:20]]
+    # test-split multiple-choice prompts from the replay set bundled in the package (no data needed)
+    rows = pd.read_parquet(BUNDLED_REPLAY, columns=["prompt_text", "split", "eval_name"])
+    prompts = [str(p) for p in rows[(rows.split == "test") & (rows.eval_name != "mbpp")].prompt_text.head(20)]
     base, stop = start_gateway(path)
     try:
         new = {**_commented_newcomer(), "api_base": upstream}
@@ -163,10 +167,13 @@ def test_newcomer_probed_on_arrival_routes_with_the_default_router(tmp_path: Pat
             assert time.monotonic() < deadline, _ready_jobs(base)
             time.sleep(0.2)
         report = _ready_jobs(base)["newcomer"]["report"]
-        want = _recorded([graded.ids[i] for i in graded.select(200, 0)])
         print(f"\n/ready job report: {report}")
         assert report["answered"] == 200 and 0 < report["spent_usd"] <= 1.5 and "ungradable" in report
-        assert abs(report["correct"] - int(want.sum())) <= 4, (report["correct"], int(want.sum()))
+        try:  # gpt-4's recorded grades are in the full benchmark data only
+            want = int(_recorded([graded.ids[i] for i in graded.select(200, 0)]).sum())
+            assert abs(report["correct"] - want) <= 4, (report["correct"], want)
+        except DataNotFoundError:  # a fresh clone: gpt-4's answers on these probes are ~95% right
+            assert report["correct"] >= 170, report
         time.sleep(0.5)
         assert httpx.get(base + "/ready").json()["checks"]["config"]["expert_problems"] == []
         picked: dict[str, int] = {}
