@@ -28,11 +28,10 @@ from gateway.errors import InvalidRequest, UpstreamError
 from gateway.forward import DirectTransport
 from gateway.keys import authenticate, budget_account
 from gateway.observe import access_of
-from gateway.policy import cost_cap, eligible, estimate_cost, resolve_target
+from gateway.policy import cost_cap, eligible, estimate_cost, expected_cost, resolve_target
 from gateway.proxy import GatewayState, Plan
 from gateway.tokens import count_text
 from gateway.wire import ChatRequest, parse_body
-from router_core.types import Candidate
 
 
 def _relayed_headers(inner: Response) -> dict[str, str]:
@@ -170,22 +169,14 @@ async def _plan_passthrough(state: GatewayState, request: Request, mode: Mode) -
     unmetered = await proxy._admit(state, key, account, prompt_tokens + bound * n)
     fits = eligible(target.providers, estimates, cost_cap(key, request.headers))
     policy, routing_s = "named", 0.0
-    if target.routed:
-        t = time.perf_counter()
-        candidates = [Candidate(p.name, p.expert, estimates[p.name]) for p in fits]
-        prompt = texts[0] if texts else ""
-        if state.router.blocking:
-            ranking = await asyncio.to_thread(state.router.rank, prompt, candidates, target.tradeoff)
-        else:
-            ranking = state.router.rank(prompt, candidates, target.tradeoff)
-        routing_s = time.perf_counter() - t
-        by_name = {p.name: p for p in fits}
-        fits, policy = [by_name[name] for name in ranking.names], ranking.policy
-        state.metrics.routing.observe(routing_s)
-        state.metrics.decisions.labels(fits[0].name, policy).inc()
+    predicted: dict[str, float] = {}
+    if target.routed:  # on the first prompt, priced at the router's expected answer length as chat is
+        fits, policy, routing_s, predicted = await proxy.route(
+            state, rec, texts[0] if texts else "", fits, estimates, target.tradeoff,
+            lambda p: expected_cost(p, prompt_tokens, max_out, n))
     request_view = ChatRequest(body, model, False, False, max_out, n)
     return Plan(request_view, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered,
-                access=rec)
+                access=rec, tradeoff=target.tradeoff if target.routed else None, predicted=predicted)
 
 
 def _billable_usage(payload: dict[str, Any]) -> Any:

@@ -163,26 +163,12 @@ async def plan_request(state: GatewayState, request: Request,
         return Plan(chat, key, [], estimates, prompt_tokens, "cache", 0.0, started, account, unmetered, cache=ticket,
                     access=rec)
     fits = eligible(target.providers, estimates, cap)
-    routing_s = 0.0
-    policy = "named"
+    routing_s, policy = 0.0, "named"
     predicted: dict[str, float] = {}
     if target.routed:
-        t = time.perf_counter()
-        candidates = [Candidate(p.name, p.expert, estimates[p.name],
-                                expected_cost(p, prompt_tokens, chat.max_output_tokens, chat.n)) for p in fits]
-        prompt = routing_prompt(body["messages"])
-        with rec.trace.span("route"):
-            if state.router.blocking:
-                ranking = await asyncio.to_thread(state.router.rank, prompt, candidates, target.tradeoff)
-            else:
-                ranking = state.router.rank(prompt, candidates, target.tradeoff)
-        routing_s = time.perf_counter() - t
-        by_name = {p.name: p for p in fits}
-        fits = [by_name[n] for n in ranking.names]
-        policy = ranking.policy
-        predicted = stats.predicted_quality(ranking)
-        state.metrics.routing.observe(routing_s)
-        state.metrics.decisions.labels(fits[0].name, policy).inc()
+        fits, policy, routing_s, predicted = await route(
+            state, rec, routing_prompt(body["messages"]), fits, estimates, target.tradeoff,
+            lambda p: expected_cost(p, prompt_tokens, chat.max_output_tokens, chat.n))
     if state.health is not None:
         fits = await state.health.usable(fits, named=not target.routed)
     metered = key is not None and cap is not None
@@ -192,6 +178,29 @@ async def plan_request(state: GatewayState, request: Request,
                 tradeoff=target.tradeoff if target.routed else None, predicted=predicted, cache=ticket)
     rec.tried, rec.policy = plan.tried, policy  # the same list: it grows as providers are tried
     return plan
+
+
+async def route(state: GatewayState, rec: AccessRecord, prompt: str, fits: list[ProviderConfig],
+                estimates: Mapping[str, float], tradeoff: float,
+                cost_at: Callable[[ProviderConfig], Callable[[float], float]] | None = None,
+                ) -> tuple[list[ProviderConfig], str, float, dict[str, float]]:
+    """The router's ranking of ``fits`` for ``prompt``: (providers in order, policy, seconds spent,
+    the router's predicted quality per provider). ``cost_at`` prices a provider at an expected
+    answer length (``policy.expected_cost``); the estimates stay the budget's bound. A router that
+    blocks runs off the event loop."""
+    t = time.perf_counter()
+    candidates = [Candidate(p.name, p.expert, estimates[p.name], cost_at(p) if cost_at else None) for p in fits]
+    with rec.trace.span("route"):
+        if state.router.blocking:
+            ranking = await asyncio.to_thread(state.router.rank, prompt, candidates, tradeoff)
+        else:
+            ranking = state.router.rank(prompt, candidates, tradeoff)
+    routing_s = time.perf_counter() - t
+    by_name = {p.name: p for p in fits}
+    order = [by_name[n] for n in ranking.names]
+    state.metrics.routing.observe(routing_s)
+    state.metrics.decisions.labels(order[0].name, ranking.policy).inc()
+    return order, ranking.policy, routing_s, stats.predicted_quality(ranking)
 
 
 async def _cache_lookup(state: GatewayState, key: KeyConfig | None, chat: ChatRequest,
