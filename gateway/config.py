@@ -120,7 +120,7 @@ class ProviderConfig:
             return self.model.startswith("openai/") and self.api_base is not None
         return self.transport == "openai"
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+    def cost(self, prompt_tokens: int, completion_tokens: float) -> float:
         return (prompt_tokens * self.input_usd_per_mtok + completion_tokens * self.output_usd_per_mtok) / 1e6
 
 

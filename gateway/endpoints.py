@@ -143,6 +143,7 @@ async def _plan_passthrough(state: GatewayState, request: Request, mode: Mode) -
     config, limit = state.config, state.config.server.max_body_bytes
     key = await state.store_op("key lookup", authenticate(config, state.store, request.headers))
     rec = access_of(request)
+    rec.trace = state.tracing.start(mode, request.headers)
     rec.key = key.name if key is not None else None
     body = parse_body(await proxy.read_body(request, limit), limit)
     model = body.get("model")
@@ -174,9 +175,13 @@ async def _plan_passthrough(state: GatewayState, request: Request, mode: Mode) -
         fits, policy, routing_s, predicted = await proxy.route(
             state, rec, texts[0] if texts else "", fits, estimates, target.tradeoff,
             lambda p: expected_cost(p, prompt_tokens, max_out, n))
+    if state.health is not None:  # providers in cooldown are skipped here as for chat
+        fits = await state.health.usable(fits, named=not target.routed)
     request_view = ChatRequest(body, model, False, False, max_out, n)
-    return Plan(request_view, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered,
+    plan = Plan(request_view, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered,
                 access=rec, tradeoff=target.tradeoff if target.routed else None, predicted=predicted)
+    rec.tried, rec.policy = plan.tried, policy  # the same list: it grows as providers are tried
+    return plan
 
 
 def _billable_usage(payload: dict[str, Any]) -> Any:
@@ -213,6 +218,8 @@ async def _pass_through(state: GatewayState, plan: Plan, path: str) -> Response:
         live = await proxy._settle(state, res, actual)
         proxy._account(state, provider, priced, actual)
         proxy._key_spend(state, plan, res, actual, live)
+        if state.health is not None:
+            await state.health.success(provider.name)
         plan.access.cost_usd = actual
         stats.record_request(state, plan, provider, priced, actual)
         headers = proxy._headers(state, plan, provider, upstream_s)

@@ -153,7 +153,6 @@ class DirectTransport:
         self._session: aiohttp.ClientSession | None = None
         self._fresh: aiohttp.ClientSession | None = None
         self.secrets = secrets if secrets is not None else Secrets()
-        self.stale_retries = 0  # requests re-sent because a pooled connection was found closed
 
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running event loop the app serves on.
@@ -199,7 +198,6 @@ class DirectTransport:
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
             if not ctx["reused"]:
                 raise
-        self.stale_retries += 1
         log.info("provider %s closed a pooled connection under a request; re-sent on a new one", provider.name)
         return await self._fresh_client().post(url, data=data, headers=headers, timeout=timeout)
 
@@ -395,8 +393,8 @@ def _upstream_finished(stream: Any) -> bool:
 
 class Forwarder:
     """Picks the transport for a provider: direct for OpenAI-compatible ones, litellm otherwise.
-    Every provider key it sees (the configured ones, and any a reload adds) is scrubbed from the
-    upstream error text both transports pass on."""
+    Every configured provider key (those it starts with, and any a reload adds: ``ConfigReloader``
+    adds them) is scrubbed from the upstream error text both transports pass on."""
 
     def __init__(self, providers: Iterable[ProviderConfig] = ()) -> None:
         self.secrets = Secrets(p.api_key for p in providers)
@@ -404,7 +402,6 @@ class Forwarder:
         self.litellm = LiteLLMTransport(secrets=self.secrets)
 
     def for_provider(self, provider: ProviderConfig) -> Transport:
-        self.secrets.add(provider.api_key)
         return self.direct if provider.direct else self.litellm
 
     async def aclose(self) -> None:

@@ -190,7 +190,7 @@ def expected_cost(provider: ProviderConfig, prompt_tokens: int, max_output_token
     cap = float(max_output_tokens) if max_output_tokens else math.inf
 
     def cost_at(tokens: float) -> float:
-        return (prompt_tokens * provider.input_usd_per_mtok + min(tokens, cap) * n * provider.output_usd_per_mtok) / 1e6
+        return provider.cost(prompt_tokens, min(tokens, cap) * n)
 
     return cost_at
 

@@ -113,6 +113,7 @@ class ConfigReloader:
         # Experts first: a new provider is routable the moment it appears in the config.
         await self._install(config)
         old = self.state.config
+        self.state.forwarder.secrets.add(*(p.api_key for p in config.providers))  # scrubbed from error text
         self.state.config = config
         self.status.sha256, self.status.version, self.status.applied_at = sha, version, time.time()
         self.status.last_error = None
