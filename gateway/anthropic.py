@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.responses import sse_data
+from gateway.responses import translate_events
 
 MAPPED = frozenset({"model", "max_tokens", "messages", "system", "temperature", "top_p", "stop_sequences",
                     "stream", "tools", "tool_choice", "metadata"})
@@ -274,21 +274,7 @@ class MessagesStream:
         return [self.event("error", error={"type": "api_error", "message": str(error.get("message"))})]
 
 
-async def translate_stream(relay: AsyncGenerator[bytes, None], request: dict[str, Any],
-                           prompt_estimate: int) -> AsyncGenerator[bytes, None]:
-    """The relay's chat SSE as Anthropic events. Closing this closes the relay (it settles spend)."""
-    events = MessagesStream(request, prompt_estimate)
-    try:
-        for b in events.start():
-            yield b
-        async for raw in relay:
-            for data in sse_data(raw):
-                if data == b"[DONE]":
-                    for b in events.finish_events():
-                        yield b
-                    return
-                chunk = json.loads(data)
-                for b in events.failed(chunk["error"]) if isinstance(chunk.get("error"), dict) else events.chunk(chunk):
-                    yield b
-    finally:
-        await relay.aclose()
+def translate_stream(relay: AsyncGenerator[bytes, None], request: dict[str, Any],
+                     prompt_estimate: int) -> AsyncGenerator[bytes, None]:
+    """The relay's chat SSE as Anthropic events."""
+    return translate_events(relay, MessagesStream(request, prompt_estimate))

@@ -20,7 +20,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.errors import InvalidRequest
 
@@ -342,9 +342,20 @@ class ResponsesStream:
                 self.event("response.failed", response=snapshot)]
 
 
-async def translate_stream(relay: AsyncGenerator[bytes, None], request: dict[str, Any]) -> AsyncGenerator[bytes, None]:
-    """The relay's chat SSE as Responses events. Closing this closes the relay (it settles spend)."""
-    events = ResponsesStream(request)
+class StreamEvents(Protocol):
+    """One API's stream events made from the relay's chat chunks (``ResponsesStream``,
+    ``anthropic.MessagesStream``)."""
+
+    def start(self) -> list[bytes]: ...
+    def chunk(self, chunk: dict[str, Any]) -> list[bytes]: ...
+    def finish_events(self) -> list[bytes]: ...
+    def failed(self, error: dict[str, Any]) -> list[bytes]: ...
+
+
+async def translate_events(relay: AsyncGenerator[bytes, None], events: StreamEvents) -> AsyncGenerator[bytes, None]:
+    """The relay's chat SSE as ``events`` says: its start, a translation per chunk, its finish at
+    ``[DONE]``, its failure at the relay's error event (the last one it sends). Closing this closes
+    the relay (it settles spend)."""
     try:
         for b in events.start():
             yield b
@@ -363,6 +374,11 @@ async def translate_stream(relay: AsyncGenerator[bytes, None], request: dict[str
                     yield b
     finally:
         await relay.aclose()
+
+
+def translate_stream(relay: AsyncGenerator[bytes, None], request: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+    """The relay's chat SSE as Responses events."""
+    return translate_events(relay, ResponsesStream(request))
 
 
 def sse_data(raw: bytes) -> list[bytes]:
