@@ -115,8 +115,13 @@ class StatsRecorder:
             self._task = asyncio.get_running_loop().create_task(self._flush_later())
 
     async def _flush_later(self) -> None:
-        await asyncio.sleep(self._flush_s)
-        await self.flush()
+        # Until nothing is pending: a request recorded while a write was in flight found this task
+        # running and scheduled none of its own (its usage would wait for the next request).
+        while True:
+            await asyncio.sleep(self._flush_s)
+            await self.flush()
+            if not self._pending:
+                return
 
     async def flush(self) -> None:
         batch, self._pending = self._pending, {}

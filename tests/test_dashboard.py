@@ -142,6 +142,30 @@ def test_recorder_adds_up_in_process_and_writes_once_per_minute() -> None:
     assert hour["k\x1fspend_nusd"] == 301 * 1_000_000 and Counting.writes == 3  # two minutes, then one
 
 
+
+def test_usage_recorded_during_a_write_is_written_without_another_request() -> None:
+    """A request recorded while the batch write is in flight finds the write task running: the
+    task writes it too (before, it waited for the next request, and the last one was never written)."""
+    from gateway.metrics import Metrics
+    from gateway.stats import StatsRecorder
+
+    class Slow(MemoryStore):
+        async def stats_add(self, buckets: Any, counts: Any) -> None:
+            await asyncio.sleep(0.2)  # a busy Redis
+            await super().stats_add(buckets, counts)
+
+    async def run() -> dict[str, int]:
+        store = Slow()
+        recorder = StatsRecorder(store, Metrics(), flush_s=0.05)
+        recorder.record(Usage("k", "p", 0.001, 0.002, 0, None), now=600.0)
+        await asyncio.sleep(0.1)  # the first write is in flight
+        recorder.record(Usage("k", "p", 0.001, 0.002, 0, None), now=600.0)
+        await asyncio.sleep(0.8)  # no drain: only the recorder's own writes
+        return (await store.stats_read([bucket_name(60, 600)]))[0]
+
+    assert asyncio.run(run())["k\x1frequests"] == 2
+
+
 # ---- the API over two replicas sharing a real redis-server ----
 
 def _traffic(base: str, prompts: list[str], n: int, offset: int) -> list[dict[str, Any]]:
