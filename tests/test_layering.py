@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +10,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_IMPORTS = """
+import ast, json, sys
+from pathlib import Path
+found = set()
+for path in Path(sys.argv[1]).rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+print(json.dumps(sorted(found)))
+"""
+
+
 def _imports(package: str) -> set[str]:
-    found: set[str] = set()
-    for path in (ROOT / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                found |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module.split(".")[0])
-    return found
+    """Top-level modules ``package`` imports, parsed in a fresh interpreter: in this one, CPython
+    3.11.7's compiler can be left unusable by an earlier RecursionError in another test
+    ("AST constructor recursion depth mismatch", fixed in 3.11.8)."""
+    out = subprocess.run([sys.executable, "-c", _IMPORTS, str(ROOT / package)], capture_output=True, text=True,
+                         check=True)
+    return set(json.loads(out.stdout))
 
 
 def test_router_core_imports_neither_gateway_nor_descriptors() -> None:
