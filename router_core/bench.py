@@ -65,9 +65,9 @@ def _count_tokens(text: str) -> int:
 
 def _bench_kernel(path: Path, n: int, tradeoff: float) -> int:
     """The kernel-shrink policy's stages: embed, p̂ (search + combine), rule, and ``rank`` end to end."""
-    from router_core.data import LIST_PRICES
     from router_core.encoder import ENCODERS, routing_text
     from router_core.kernel_policy import load_policy, rule_scores
+    from router_core.pricing import LIST_PRICES
     from router_core.types import Candidate
 
     _single_thread(torch_too=False)

@@ -30,26 +30,16 @@ from pathlib import Path
 import numpy as np
 
 from router_core.baselines import oracle_choices
-from router_core.data import LIST_PRICES, Benchmark, load_benchmark, versions_of
+from router_core.data import Benchmark, load_benchmark, versions_of
 from router_core.default_eval import ENCODER, _p_hat, gateway_costs
 from router_core.kernel_policy import LAMBDA_GRID, decide
 from router_core.metrics import bootstrap, paired_difference
-from router_core.variants import LengthCostModel, NeighbourLengths, answer_tokens, select_length_params
+from router_core.pricing import answer_tokens, expected_costs, list_prices
+from router_core.variants import LengthCostModel, NeighbourLengths, select_length_params
 
 log = logging.getLogger(__name__)
 
 ESTIMATES = ("bound-512", "length-only", "neighbours")
-
-
-def prices(models: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(M,) list input / output prices in USD per token."""
-    return (np.array([LIST_PRICES[m][0] for m in models]) / 1e6, np.array([LIST_PRICES[m][1] for m in models]) / 1e6)
-
-
-def expected_costs(prompts: list[str], tokens: np.ndarray, models: list[str]) -> np.ndarray:
-    """(N, M) USD: ~len/4 prompt tokens at the input price plus ``tokens`` (N, M) at the output price."""
-    pin, pout = prices(models)
-    return np.array([len(p) / 4.0 for p in prompts])[:, None] * pin[None, :] + tokens * pout[None, :]
 
 
 def estimates(bench: Benchmark, emb: np.ndarray, seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
@@ -58,7 +48,7 @@ def estimates(bench: Benchmark, emb: np.ndarray, seed: int) -> tuple[dict[str, n
     tr, te = bench.split == "train", bench.split == "test"
     train, test = bench.subset(tr), bench.subset(te)
     observed = ~train.missing if train.missing is not None else np.ones(train.cost.shape, dtype=bool)
-    tokens = answer_tokens(train.prompts, train.cost, *prices(bench.models), observed)
+    tokens = answer_tokens(train.prompts, train.cost, *list_prices(bench.models), observed)
     params = select_length_params(emb[tr], tokens, seed=seed)
     lengths = NeighbourLengths(k=int(params["k"]), bandwidth=params["bandwidth"],
                                prior_strength=params["prior_strength"]).fit(emb[tr], tokens)
@@ -66,7 +56,7 @@ def estimates(bench: Benchmark, emb: np.ndarray, seed: int) -> tuple[dict[str, n
     len_te = np.array([len(p) for p in test.prompts], dtype=np.float64)
     out = {"bound-512": gateway_costs(test.prompts, bench.models),
            "length-only": LengthCostModel().fit(len_tr, train.cost).predict(len_te),
-           "neighbours": expected_costs(test.prompts, lengths.predict(emb[te]), bench.models)}
+           "neighbours": expected_costs(lengths, emb[te], test.prompts, bench.models)}
     return out, params
 
 

@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from router_core.paths import default_data_dir
+from router_core.pricing import answer_tokens, list_prices, prompt_tokens, request_costs
 
 logger = logging.getLogger(__name__)
 
@@ -197,17 +198,6 @@ def _load_routerbench(root: Path, **opts: Any) -> Benchmark:
     )
 
 
-# USD per million input / output tokens of the RouterBench pool, as in gateway.yaml: used only to
-# impute the cost of a model on a prompt it never answered (AlpacaEval's five absent models).
-LIST_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4-1106-preview": (10.0, 30.0), "gpt-3.5-turbo-1106": (1.0, 2.0), "claude-v2": (8.0, 24.0),
-    "claude-v1": (8.0, 24.0), "claude-instant-v1": (0.8, 2.4), "meta/llama-2-70b-chat": (0.9, 0.9),
-    "meta/code-llama-instruct-34b-chat": (0.776, 0.776), "mistralai/mixtral-8x7b-chat": (0.6, 0.6),
-    "mistralai/mistral-7b-chat": (0.2, 0.2), "zero-one-ai/Yi-34B-Chat": (0.8, 0.8),
-    "WizardLM/WizardLM-13B-V1.2": (0.3, 0.3),
-}
-
-
 def _load_alpacaeval(root: Path, **opts: Any) -> Benchmark:
     if opts:
         raise TypeError(f"alpacaeval takes no options, got {sorted(opts)}")
@@ -235,15 +225,10 @@ def _load_alpacaeval(root: Path, **opts: Any) -> Benchmark:
 def _impute_costs(prompts: Sequence[str], models: Sequence[str], cost: np.ndarray) -> np.ndarray:
     """(N, M) USD with every NaN filled: the prompt's tokens (≈ characters / 4) at the model's list
     input price plus the answer length the recorded models imply for that prompt (their median) at
-    its output price. Only models in ``LIST_PRICES`` can be imputed."""
-    in_tok = np.array([len(p) / 4.0 for p in prompts])  # (N,)
-    price_in = np.array([LIST_PRICES[m][0] for m in models]) / 1e6  # (M,)
-    price_out = np.array([LIST_PRICES[m][1] for m in models]) / 1e6
-    out_tok = (cost - in_tok[:, None] * price_in) / price_out  # (N, M), NaN where unrecorded
-    typical = np.nan_to_num(np.nanmedian(np.where(np.isfinite(out_tok), np.maximum(out_tok, 1.0), np.nan), axis=1),
-                            nan=256.0)  # (N,)
-    guess = in_tok[:, None] * price_in + typical[:, None] * price_out
-    return np.where(np.isfinite(cost), cost, guess)
+    its output price. Only models in ``pricing.LIST_PRICES`` can be imputed."""
+    out_tok = answer_tokens(prompts, cost, *list_prices(models))  # (N, M), NaN where unrecorded
+    typical = np.nan_to_num(np.nanmedian(out_tok, axis=1), nan=256.0)  # (N,)
+    return np.where(np.isfinite(cost), cost, request_costs(prompt_tokens(prompts), typical[:, None], models))
 
 
 def stack(a: Benchmark, b: Benchmark, name: str) -> Benchmark:

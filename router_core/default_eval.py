@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from router_core.baselines import KMeansRouter, model_costs, oracle_choices, single_choices, sweep
-from router_core.data import LIST_PRICES, Benchmark, load_benchmark, versions_of
+from router_core.data import Benchmark, load_benchmark, versions_of
 from router_core.kernel_policy import LAMBDA_GRID, build, common_patterns, decide, load_policy
 from router_core.metrics import bootstrap, paired_difference
+from router_core.pricing import LIST_PRICES, expected_costs, prompt_tokens, request_costs
 from router_core.types import Candidate
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,7 @@ TRADEOFFS = np.round(np.linspace(0.0, 1.0, 11), 2)
 def gateway_costs(prompts: list[str], models: list[str]) -> np.ndarray:
     """(N, M) USD as the gateway estimates a request before the call: ~len/4 prompt tokens and the
     default 512-token output bound at each model's list price (gateway.yaml)."""
-    tok = np.array([len(p) / 4.0 for p in prompts])[:, None]
-    pin = np.array([LIST_PRICES[m][0] for m in models])[None, :] / 1e6
-    pout = np.array([LIST_PRICES[m][1] for m in models])[None, :] / 1e6
-    return tok * pin + OUTPUT_TOKENS * pout
+    return request_costs(prompt_tokens(prompts), OUTPUT_TOKENS, models)
 
 
 def _gateway_candidates(prompt: str, models: list[str], bound: np.ndarray) -> list[Candidate]:
@@ -159,11 +157,8 @@ def tradeoff_rows(bench: Benchmark, artifact: Path, source: str) -> list[dict[st
     emb = embed_prompts(test.prompts, ENCODER)
     idx = [policy.experts.index(m) for m in models]
     p_batch = policy.router.predict(emb)[:, idx]
-    rule_cost = est  # what ``rank`` ranks on: the expected cost where the artifact has answer lengths
-    if policy.lengths is not None:
-        tok = np.array([len(p) / 4.0 for p in test.prompts])[:, None]
-        pin, pout = (np.array([LIST_PRICES[m][i] for m in models])[None, :] / 1e6 for i in (0, 1))
-        rule_cost = tok * pin + policy.lengths.predict(emb)[:, idx] * pout
+    # what ``rank`` ranks on: the expected cost where the artifact has answer lengths
+    rule_cost = est if policy.lengths is None else expected_costs(policy.lengths, emb, test.prompts, models, idx)
     dearest = int(np.argmax(est.mean(axis=0)))
     out = []
     for t in TRADEOFFS:

@@ -34,12 +34,12 @@ import numpy as np
 
 from router_core.encoder import ROUTING_TEXT_VERSION, encoder_spec, get_encoder, routing_text
 from router_core.graded import GRADED_PROBES_FILE, GradedProbes, build_graded_probes
+from router_core.pricing import answer_tokens, expected_tokens, list_prices, prompt_tokens, request_costs
 from router_core.types import Candidate, Descriptor, DescriptorError, DescriptorSpec, Ranking, Scored, check_descriptor
 from router_core.variants import (
     KernelShrinkRouter,
     LengthCostModel,
     NeighbourLengths,
-    answer_tokens,
     random_folds,
     select_hyperparams,
     select_length_params,
@@ -109,17 +109,14 @@ class KernelShrinkPolicy:
 
     def expected_costs(self, q: np.ndarray, known: Sequence[Candidate]) -> np.ndarray:
         """(K,) USD the rule ranks on: each candidate priced (``Candidate.cost_at``) at the answer
-        length its model gave the prompts nearest ``q``; a model without recorded lengths (added by
-        descriptor) at the median of the others' for this prompt. ``Candidate.cost`` when the artifact
+        length its model gave the prompts nearest ``q`` (``pricing.expected_tokens``: a model without
+        recorded lengths, added by descriptor, at the median of the others'). ``Candidate.cost`` when the artifact
         has no lengths or the gateway gave no pricing callback."""
         if self.lengths is None or any(c.cost_at is None for c in known):
             return np.array([c.cost for c in known])
-        tokens = self.lengths.predict(q)[0]  # (M0,) this artifact's trained experts
-        per = [float(tokens[self._length_cols[c.expert]]) if c.expert in self._length_cols else np.nan for c in known]
-        finite = [t for t in per if np.isfinite(t)]
-        typical = float(np.median(finite)) if finite else float(np.nanmedian(tokens))
-        return np.array([c.cost_at(t if np.isfinite(t) else typical) for c, t in zip(known, per, strict=True)
-                         if c.cost_at is not None])
+        cols = [self._length_cols.get(c.expert) if c.expert is not None else None for c in known]
+        tokens = expected_tokens(self.lengths, q, cols)[0]  # (K,)
+        return np.array([c.cost_at(float(t)) for c, t in zip(known, tokens, strict=True) if c.cost_at is not None])
 
     def add_expert(self, name: str, descriptor: Descriptor) -> None:
         """A new (or replaced) model from its graded answers on the probe prompts (NaN = unknown);
@@ -263,7 +260,7 @@ def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int =
     the artifact directory. ``answer_lengths``: ship each model's recorded answer lengths, so the
     rule ranks on expected cost (``NeighbourLengths``); the trade-off table is then made on the
     same expected costs (cross-fitted)."""
-    from router_core.data import LIST_PRICES, load_benchmark, versions_of
+    from router_core.data import load_benchmark, versions_of
     from router_core.encoder import embed_prompts
 
     started = time.perf_counter()
@@ -283,12 +280,10 @@ def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int =
               "observed": observed, "centroids": router.centroids}
     length_params = None
     if answer_lengths:
-        pin = np.array([LIST_PRICES[m][0] for m in train.models]) / 1e6
-        pout = np.array([LIST_PRICES[m][1] for m in train.models]) / 1e6
-        tokens = answer_tokens(train.prompts, train.cost, pin, pout, observed)
+        tokens = answer_tokens(train.prompts, train.cost, *list_prices(train.models), observed)
         length_params = select_length_params(emb, tokens, seed=seed)
-        table_cost = (np.array([len(p) / 4.0 for p in train.prompts])[:, None] * pin
-                      + cross_fitted_lengths(length_params, emb, tokens, seed) * pout)
+        table_cost = request_costs(prompt_tokens(train.prompts), cross_fitted_lengths(length_params, emb, tokens, seed),
+                                   train.models)
         arrays["answer_tokens"] = np.minimum(tokens, 60000).astype(np.float16)  # NaN: not recorded
     table, ends = tradeoff_table(cross_fitted(router, emb, train.quality, observed), table_cost)
     out.mkdir(parents=True, exist_ok=True)

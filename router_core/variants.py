@@ -157,17 +157,6 @@ class LengthCostModel:
         return np.maximum(x @ self.coef, self.floor)  # (N, M)
 
 
-def answer_tokens(prompts: list[str], cost: np.ndarray, price_in: np.ndarray, price_out: np.ndarray,
-                  observed: np.ndarray | None = None) -> np.ndarray:
-    """(N, M) output tokens each recorded answer cost: (USD − ~len/4 prompt tokens × input price) /
-    output price, at least 1 (the data's prompt counts are estimates: a one-letter answer comes out
-    near 0 ± 8); NaN where the answer was not recorded (``observed`` False, e.g. imputed costs).
-    Prices in USD per token, (M,)."""
-    in_tok = np.array([len(p) / 4.0 for p in prompts])[:, None]
-    out = np.maximum((cost - in_tok * price_in[None, :]) / price_out[None, :], 1.0)
-    return out if observed is None else np.where(observed, out, np.nan)
-
-
 @dataclass
 class NeighbourLengths:
     """Each model's expected answer length for a prompt from what it answered similar prompts.

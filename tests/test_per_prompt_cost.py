@@ -16,8 +16,9 @@ import pytest
 from gateway.upstream import start_upstream
 from router_core.kernel_policy import KernelShrinkPolicy, load_policy
 from router_core.paths import artifacts_dir
+from router_core.pricing import answer_tokens
 from router_core.types import Candidate
-from router_core.variants import NeighbourLengths, answer_tokens
+from router_core.variants import NeighbourLengths
 from tests.gateway_fixture import provider, start_gateway
 
 pytestmark = pytest.mark.slow  # loads the static encoder
