@@ -3,15 +3,20 @@
     cscr calibrate --prompts my_prompts.jsonl [--target-spend-per-1k 0.50] [--artifact DIR]
 
 Each line of the file is a JSON object with ``messages`` (the chat request's list, as sent to
-``/v1/chat/completions``). The router reads what the gateway reads: the last user message. For each
-trade-off t = 0, 0.1, …, 1 it prints the expected spend per 1,000 requests and the model mix of the
-default router (or ``--artifact``) over every model it knows; with ``--target-spend-per-1k`` also the
-largest-quality t whose spend stays within the target (``auto@t``).
+``/v1/chat/completions``) and optionally ``max_tokens`` / ``max_completion_tokens`` and ``n``. The
+router reads what the gateway reads: the last user message. For each trade-off t = 0, 0.1, …, 1 it
+prints the expected spend per 1,000 requests and the model mix of the default router (or
+``--artifact``) over every model it knows; with ``--target-spend-per-1k`` also the largest-quality t
+whose spend stays within the target (``auto@t``).
 
-Spend is estimated with the artifact's cost model (USD per call by prompt length, fitted on the
-training data's recorded costs at the RouterBench pool's list prices): it is an estimate of typical
-answers, not a bound. Decisions use the rule the gateway serves (``kernel_policy.rule_scores``).
-Exit 2 on a malformed file, naming the line.
+Decisions and spend use the cost the router ranks on when it serves (``pricing.expected_tokens``,
+as ``KernelShrinkPolicy.rank`` prices ``Candidate.cost_at``): each model's expected answer length
+for the prompt, from the recorded lengths of its nearest probe prompts, capped at ``max_tokens``,
+times ``n``, at the RouterBench pool's list prices; the prompt side is ~characters / 4 of every
+message's text (the gateway counts it with tiktoken). An estimate of typical answers, not a bound.
+An artifact without answer lengths ranks on the gateway's bound when it serves, so it is priced at
+that bound here (``max_tokens``, else 512 output tokens). Decisions use the rule the gateway
+serves (``kernel_policy.rule_scores``). Exit 2 on a malformed file, naming the line.
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from router_core.kernel_policy import KernelShrinkPolicy
+
 TRADEOFFS = np.round(np.linspace(0.0, 1.0, 11), 2)
+GATEWAY_OUTPUT_BOUND = 512  # server.estimate_output_tokens' default: what the gateway prices without max_tokens
 
 
 class PromptFileError(ValueError):
@@ -42,10 +51,29 @@ def _text(message: Any) -> str | None:
     return None
 
 
-def read_prompts(path: Path) -> list[str]:
-    """The routing text of every request in a JSONL file (the last user message, as the gateway's
-    ``wire.routing_prompt``). Blank lines are skipped; anything else malformed raises, naming the line."""
-    prompts: list[str] = []
+@dataclass(frozen=True)
+class CalibrationRequest:
+    """One line of the prompts file, as the gateway would read it."""
+
+    prompt: str  # what the router reads: the last user message
+    chars: int  # the text of every message: the prompt side of the cost (~chars / 4 tokens)
+    max_output_tokens: int | None  # max_completion_tokens, else max_tokens (as gateway.wire)
+    n: int = 1
+
+
+def _count(doc: dict[str, Any], name: str, where: str) -> int | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PromptFileError(f"{where}: {name!r} must be a positive integer, got {value!r:.40}")
+    return value
+
+
+def read_requests(path: Path) -> list[CalibrationRequest]:
+    """Every request in a JSONL file. Blank lines are skipped; anything else malformed raises,
+    naming the line."""
+    requests: list[CalibrationRequest] = []
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
@@ -61,10 +89,28 @@ def read_prompts(path: Path) -> list[str]:
             text = _text(users[-1] if users else messages[-1])
             if text is None:
                 raise PromptFileError(f"{path}:{n}: the last user message has no text content")
-            prompts.append(text)
-    if not prompts:
+            cap = _count(doc, "max_completion_tokens", f"{path}:{n}") or _count(doc, "max_tokens", f"{path}:{n}")
+            chars = sum(len(_text(m) or "") for m in messages)
+            requests.append(CalibrationRequest(text, chars, cap, _count(doc, "n", f"{path}:{n}") or 1))
+    if not requests:
         raise PromptFileError(f"{path}: no requests")
-    return prompts
+    return requests
+
+
+def served_costs(policy: KernelShrinkPolicy, requests: Sequence[CalibrationRequest],
+                  emb: np.ndarray) -> np.ndarray:
+    """(N, M) USD per request and expert as ``rank`` prices it (module docstring); ``emb`` (N, D)
+    the requests' routing embeddings."""
+    from router_core import pricing
+
+    cap = np.array([r.max_output_tokens or np.inf for r in requests])[:, None]  # (N, 1)
+    n = np.array([r.n for r in requests], dtype=np.float64)[:, None]
+    if policy.lengths is None:
+        tokens = np.broadcast_to(np.where(np.isfinite(cap), cap, GATEWAY_OUTPUT_BOUND), (len(requests), 1))
+    else:
+        tokens = np.minimum(pricing.expected_tokens(policy.lengths, emb, range(len(policy.experts))), cap)
+    chars = np.array([r.chars for r in requests], dtype=np.float64)
+    return pricing.request_costs(chars / 4.0, tokens * n, policy.experts)
 
 
 @dataclass(frozen=True)
@@ -102,22 +148,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact", type=Path, default=None, help="kernel-shrink artifact (default: the bundled one)")
     args = p.parse_args(argv)
     try:
-        prompts = read_prompts(args.prompts)
+        requests = read_requests(args.prompts)
     except (OSError, PromptFileError) as exc:
         print(f"cscr calibrate: {exc}", file=sys.stderr)
         return 2
     from router_core.encoder import embed_prompts
     from router_core.kernel_policy import load_policy
+    from router_core.pricing import LIST_PRICES
     from router_core.router import default_artifact_path
 
     policy = load_policy(args.artifact or default_artifact_path())
-    if policy.cost_model is None:
-        print("cscr calibrate: this artifact has no cost model; rebuild it", file=sys.stderr)
+    unpriced = [e for e in policy.experts if e not in LIST_PRICES]
+    if unpriced:
+        print(f"cscr calibrate: no list price for {unpriced}: it prices the RouterBench pool's models only",
+              file=sys.stderr)
         return 2
-    p_hat = policy.router.predict(embed_prompts(prompts, policy.encoder.name, cache=False))  # user data: not cached
-    cost = policy.cost_model.predict(np.array([len(x) for x in prompts], dtype=np.float64))
-    rows = calibrate(p_hat, cost, policy.experts, policy.lam)
-    print(f"{len(prompts)} requests from {args.prompts}; expected spend per 1,000 requests and model mix:")
+    emb = embed_prompts([r.prompt for r in requests], policy.encoder.name, cache=False)  # user data: not cached
+    p_hat = policy.router.predict(emb)
+    rows = calibrate(p_hat, served_costs(policy, requests, emb), policy.experts, policy.lam)
+    priced = "the gateway's output bound: no answer lengths" if policy.lengths is None else "expected answer lengths"
+    print(f"{len(requests)} requests from {args.prompts}; spend per 1,000 requests ({priced}) and model mix:")
     for row in rows:
         mix = ", ".join(f"{m} {s:.0%}" if s >= 0.005 else f"{m} <1%" for m, s in row.mix.items())
         print(f"  auto@{row.tradeoff:.1f}  ${row.spend_per_1k:9.4f}  {mix}")

@@ -73,14 +73,13 @@ class KernelShrinkPolicy:
 
     def __init__(self, router: KernelShrinkRouter, experts: list[str], lam_table: list[float], encoder: str,
                  embeddings: np.ndarray, labels: np.ndarray, observed: np.ndarray,
-                 cost_model: LengthCostModel | None = None, graded: GradedProbes | None = None,
-                 graded_file: str | None = None, lengths: NeighbourLengths | None = None) -> None:
+                 graded: GradedProbes | None = None, graded_file: str | None = None,
+                 lengths: NeighbourLengths | None = None) -> None:
         self.router = router
         self.experts = list(experts)
         self.lam_table = np.asarray(lam_table, dtype=np.float64)
         self._lam_grid = np.linspace(0.0, 1.0, len(self.lam_table))
         self.encoder = get_encoder(encoder)
-        self.cost_model = cost_model  # the training data's USD per call by prompt length (calibrate)
         self._emb, self._labels, self._observed = embeddings, labels, observed
         self.graded = graded  # the gradable probes shipped with the artifact (onboarding by probing)
         self._graded_file = graded_file
@@ -315,8 +314,6 @@ def load_policy(path: Path, top_k: int | None = None) -> KernelShrinkPolicy:
     observed = arrays["observed"].astype(bool)
     router = KernelShrinkRouter.from_hyperparams(config["hyperparameters"], int(config["seed"]))
     router.fit(emb, labels, observed, centroids=arrays["centroids"] if "centroids" in arrays.files else None)
-    cm = config.get("cost_model")
-    cost_model = None if cm is None else LengthCostModel(np.asarray(cm["coef"]), np.asarray(cm["floor"]))
     lengths = None
     if config.get("answer_lengths") and "answer_tokens" in arrays.files:
         lp = config["answer_lengths"]
@@ -329,8 +326,7 @@ def load_policy(path: Path, top_k: int | None = None) -> KernelShrinkPolicy:
         raise ValueError(f"{graded_file} is for {graded.artifact_probes} probe prompts; "
                          f"the artifact has {labels.shape[0]}")
     return KernelShrinkPolicy(router, config["experts"], config["lam_table"], config["encoder"], emb, labels,
-                              observed, cost_model, graded, str(graded_file) if graded is not None else None,
-                              lengths)
+                              observed, graded, str(graded_file) if graded is not None else None, lengths)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 
 from gateway.cli import main as cscr
-from router_core.calibrate import calibrate, tradeoff_for_spend
+from router_core.calibrate import calibrate, read_requests, tradeoff_for_spend
+from router_core.kernel_policy import load_policy
+from router_core.pricing import LIST_PRICES
+from router_core.router import default_artifact_path
+from router_core.types import Candidate
 
 CHAT = ["What is the capital of France?", "Write a python function that merges two sorted lists.",
         "Explain the causes of the French revolution in detail.", "Say hi",
@@ -56,11 +60,47 @@ def test_cli_prints_spend_and_mix_per_tradeoff_and_the_target(tmp_path: Path,
     assert float(target.group(1)) == min(float(t) for t, s, _ in rows if float(s) <= 1.0)
 
 
+def _candidates(experts: list[str], chars: int, cap: int | None, n: int) -> list[Candidate]:
+    """The candidates as the gateway hands them to ``rank``, priced like ``gateway.policy.expected_cost``
+    at list prices (prompt tokens: ~chars / 4, as calibrate counts them)."""
+    def at(e: str) -> object:
+        return lambda t: (chars / 4 * LIST_PRICES[e][0] + min(t, cap or np.inf) * n * LIST_PRICES[e][1]) / 1e6
+
+    return [Candidate(e, e, (chars / 4 * LIST_PRICES[e][0] + 512 * n * LIST_PRICES[e][1]) / 1e6, at(e))  # type: ignore[arg-type]
+            for e in experts]
+
+
+@pytest.mark.slow  # loads the static encoder
+def test_spend_and_mix_are_those_of_the_served_decisions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """calibrate prices what ``rank`` ranks on when serving: expected answer lengths (capped at
+    max_tokens, times n), not the artifact's by-prompt-length cost model."""
+    docs = [{"messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": p}]}
+            for p in CHAT]
+    docs += [{"messages": [{"role": "user", "content": "Write a long essay on the history of Rome."}], "max_tokens": 3},
+             {"messages": [{"role": "user", "content": "List ten prime numbers."}], "n": 2}]
+    path = _write(tmp_path / "prompts.jsonl", [json.dumps(d) for d in docs])
+    assert cscr(["calibrate", "--prompts", str(path)]) == 0
+    rows = {float(t): (float(s), m) for t, s, m in
+            re.findall(r"auto@(\d\.\d)\s+\$\s*([\d.]+)\s+(.+)", capsys.readouterr().out)}
+    policy = load_policy(default_artifact_path())
+    requests = read_requests(path)
+    for t in (0.0, 0.3, 0.6, 1.0):
+        served = [policy.rank(r.prompt, _candidates(policy.experts, r.chars, r.max_output_tokens, r.n), t).order[0]
+                  for r in requests]
+        spend = 1000 * float(np.mean([s.cost for s in served]))
+        assert rows[t][0] == pytest.approx(spend, abs=6e-5)  # printed with 4 decimals
+        names = [s.name for s in served]
+        printed = dict(part.rsplit(" ", 1) for part in rows[t][1].split(", "))
+        assert printed == {m: f"{names.count(m) / len(names):.0%}" for m in set(names)}
+
+
 @pytest.mark.parametrize(("line", "why"), [
     ("{not json", "not JSON"),
     ('{"prompt": "hi"}', "expected"),
     ('{"messages": []}', "expected"),
     ('{"messages": [{"role": "user", "content": 3}]}', "no text"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "positive integer"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "n": "2"}', "positive integer"),
 ])
 def test_malformed_line_is_named_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str,
                                         why: str) -> None:
