@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from descriptors.probes import ProbeSet
-from descriptors.types import Descriptor, DescriptorError, write_atomic
-from router_core.paths import cache_dir
+from descriptors.types import Descriptor, DescriptorError
+from router_core.paths import cache_dir, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 
 from descriptors.probes import ProbeSet
-from descriptors.types import Descriptor, DescriptorError, write_atomic
+from descriptors.types import Descriptor, DescriptorError
 from router_core.data import unwrap_recorded
-from router_core.paths import cache_dir
+from router_core.paths import cache_dir, write_atomic
 
 log = logging.getLogger(__name__)
 

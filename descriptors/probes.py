@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from descriptors.types import write_atomic
+from router_core.paths import write_atomic
 
 PROBE_FORMAT = 1
 DEFAULT_N = 192

@@ -7,20 +7,9 @@ A descriptor file is JSON: ``{"vector": [...], "kind", "probe_set", "scorer", "s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from router_core.types import DESCRIPTOR_KINDS, Descriptor, DescriptorError, DescriptorSpec
 
 KINDS = DESCRIPTOR_KINDS
 
-__all__ = ["KINDS", "Descriptor", "DescriptorError", "DescriptorSpec", "write_atomic"]
+__all__ = ["KINDS", "Descriptor", "DescriptorError", "DescriptorSpec"]
 
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` (parents created) through a temporary file and a rename, so a
-    reader — another process using the same cache — never sees half a file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(p)

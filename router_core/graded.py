@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from router_core.paths import write_atomic
 from router_core.types import DESCRIPTOR_VERSION, DescriptorSpec
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class GradedProbes:
         doc = {"format": GRADED_FORMAT, "id": self.id, "grader": GRADER, "artifact_probes": self.artifact_probes,
                "formats": self.formats, "rows": list(self.rows), "ids": list(self.ids), "tasks": list(self.tasks),
                "gold": list(self.gold), "prompts": list(self.prompts)}
-        Path(path).write_bytes(gzip.compress(json.dumps(doc, ensure_ascii=False).encode(), 9, mtime=0))
+        write_atomic(path, gzip.compress(json.dumps(doc, ensure_ascii=False).encode(), 9, mtime=0))
 
     @classmethod
     def load(cls, path: str | Path) -> GradedProbes:

@@ -1,8 +1,11 @@
-"""Where data, caches and the bundled artifact live. Environment is read at call time, never at import."""
+"""Where data, caches and the bundled artifact live, and how a file there is replaced. Environment
+is read at call time, never at import. Imports nothing internal."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -55,3 +58,22 @@ def cache_dir() -> Path:
 def artifacts_dir() -> Path:
     """Trained router artifacts that ship inside the package."""
     return _PACKAGE_DIR / "artifacts"
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Replace ``path`` with ``data`` (text as UTF-8; parents created) through a temporary file in
+    the same folder and a rename, so a reader (another process using the same cache) sees the old
+    file or the new one, never half of one. Each call writes its own temporary file, so concurrent
+    writers do not write into or rename away each other's (the last rename wins), and one that
+    fails removes it."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        tmp.replace(p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

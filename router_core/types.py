@@ -1,4 +1,5 @@
-"""The routing contract between the gateway and the router. Imports nothing internal.
+"""The routing contract between the gateway and the router. Imports nothing internal but the leaf
+``paths`` (``write_atomic``).
 
 The gateway hands a router the prompt text and the providers that are allowed for this request,
 each with the cost the gateway estimated for it; the router returns every candidate, best first,
@@ -18,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from router_core.paths import write_atomic
 
 DESCRIPTOR_KINDS = ("graded", "perplexity", "logit")
 DESCRIPTOR_VERSION = 1  # the file layout and the meaning of the fields below
@@ -103,11 +106,7 @@ class Descriptor:
         return out
 
     def save(self, path: str | Path) -> None:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")  # a reader never sees half a file
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        tmp.replace(p)
+        write_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")  # a reader never sees half a file
 
     @classmethod
     def from_dict(cls, raw: Any, source: str = "descriptor") -> Descriptor:

@@ -21,6 +21,7 @@ from descriptors.logit import FootprintSettings, basis_index, logit_descriptor, 
 from descriptors.perplexity import ScoreSettings, answer_nll, fingerprint_vector, perplexity_descriptor, unwrap_answer
 from descriptors.probes import ProbeSet, build_probe_set
 from descriptors.types import Descriptor, DescriptorError
+from router_core.paths import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,6 +84,22 @@ def test_descriptor_file_round_trip_and_rejects_non_finite(tmp_path: Path) -> No
         Descriptor([float("nan")], "logit", "p", "s", "m")
     with pytest.raises(DescriptorError):
         Descriptor([1.0], "other", "p", "s", "m")
+
+
+def test_atomic_write_leaves_other_writers_and_failures_alone(tmp_path: Path) -> None:
+    """``Descriptor.save``, the descriptor caches and the probe file write through one helper."""
+    path = tmp_path / "d.json"
+    other = path.with_name(path.name + ".tmp")  # another writer's temporary file, half written
+    other.write_text("half of another writer's file")
+    d = Descriptor([0.6, 0.8], "logit", "p", "s@1", "m")
+    d.save(path)
+    assert Descriptor.load(path) == d
+    assert other.read_text() == "half of another writer's file"  # not written into, not renamed away
+    with pytest.raises(UnicodeEncodeError):
+        write_atomic(path, "\ud800")  # fails mid-write: the old file stays, no temporary file is left
+    assert Descriptor.load(path) == d and sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "d.json.tmp"]
+    write_atomic(tmp_path / "new" / "x.bin", b"\x00\xff")
+    assert (tmp_path / "new" / "x.bin").read_bytes() == b"\x00\xff"
 
 
 def test_probe_set_is_seeded_and_versioned() -> None:
