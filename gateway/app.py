@@ -162,6 +162,7 @@ def create_app(
             yield
         finally:
             await state.reloader.stop()
+            await state.drain(timeout_s=5.0)  # cache writes of the last answers
             await state.settlements.flush(timeout_s=5.0)
             await state.stats.drain(timeout_s=5.0)
             if state.settlements.pending:

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,24 @@ class GatewayState:
     health: ProviderHealth | None = None  # provider cooldowns; None: every provider is always tried
     tracing: Tracing = field(default_factory=lambda: Tracing(None))  # spans; off unless an OTLP endpoint is set
     stats: Any = None  # gateway.stats.StatsRecorder, set by the app: usage for the dashboard
+    background: set[asyncio.Task[None]] = field(default_factory=set)  # work left after a response: cache writes
+    cache_writes: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # cache key -> its write in flight
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` off the response path. The loop holds tasks weakly: the set keeps each one
+        until it is done; the app awaits what is left at shutdown (``drain``). ``work`` handles its
+        own errors."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (bounded) for the background work still running."""
+        if self.background:
+            _, late = await asyncio.wait(set(self.background), timeout=timeout_s)
+            if late:
+                log.warning("%d background tasks (cache writes) unfinished at shutdown", len(late))
 
     async def store_op(self, what: str, op: Any) -> Any:
         """Await a store operation; an unreachable store becomes StoreUnavailable (and is counted).
@@ -211,6 +229,9 @@ async def _cache_lookup(state: GatewayState, key: KeyConfig | None, chat: ChatRe
     if ticket is None:
         return None
     try:
+        writing = state.cache_writes.get(ticket.key)
+        if writing is not None:  # this replica is storing the answer right now: read it, do not miss it
+            await asyncio.wait({writing}, timeout=state.config.server.store_socket_timeout_s)
         await cache.look_up(state.store, ticket)
     except Exception as exc:
         state.metrics.errors.labels("cache_unavailable").inc()
@@ -219,13 +240,22 @@ async def _cache_lookup(state: GatewayState, key: KeyConfig | None, chat: ChatRe
     return ticket
 
 
-async def _cache_store(state: GatewayState, plan: Plan, payload: dict[str, Any] | None,
-                       provider: ProviderConfig) -> None:
-    """Keep a successful answer for the next identical request; a store that fails is only logged."""
+def _cache_later(state: GatewayState, plan: Plan, payload: dict[str, Any] | None, provider: ProviderConfig) -> None:
+    """Keep a successful answer for the next identical request, off the response path: the client
+    never waits for the store, and a write that fails is only logged and counted. Until it lands,
+    an identical request on this replica waits for it (``_cache_lookup``) rather than miss."""
     if plan.cache is None:
         return
+    key = plan.cache.key
+    task = state.spawn(_cache_store(state, plan.cache, payload, provider, plan.request.body))
+    state.cache_writes[key] = task
+    task.add_done_callback(lambda done: state.cache_writes.pop(key) if state.cache_writes.get(key) is done else None)
+
+
+async def _cache_store(state: GatewayState, ticket: Ticket, payload: dict[str, Any] | None,
+                       provider: ProviderConfig, sent: Mapping[str, Any]) -> None:
     try:
-        await cache.remember(state.store, state.config.cache, plan.cache, payload, provider.name, plan.request.body)
+        await cache.remember(state.store, state.config.cache, ticket, payload, provider.name, sent)
     except Exception as exc:
         state.metrics.errors.labels("cache_unavailable").inc()
         log.warning("response cache store failed (%s); the answer is not cached", type(exc).__name__)
@@ -549,7 +579,7 @@ async def complete(state: GatewayState, plan: Plan) -> Response:
             headers["x-cscr-unmetered"] = "store unreachable"
         if plan.cache is not None:
             headers["x-cscr-cache"] = plan.cache.status
-            await _cache_store(state, plan, payload, provider)
+            _cache_later(state, plan, payload, provider)
         return Response(json.dumps(payload).encode(), 200, headers, media_type="application/json")
     raise _all_failed(plan, failures)
 
@@ -662,7 +692,7 @@ async def _relay(
             yield b"data: " + raw + b"\n\n" if raw is not None else _sse(chunk)
             item = await anext(chunks, None)
         if assembled is not None:
-            await _cache_store(state, plan, assembled.result(), provider)
+            _cache_later(state, plan, assembled.result(), provider)
         yield b"data: [DONE]\n\n"
     except UpstreamError as err:
         outcome = "upstream_error"

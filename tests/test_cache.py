@@ -307,6 +307,43 @@ def test_unreachable_store_costs_only_the_hit(upstream: str, tmp_path: Path) -> 
             stop()
 
 
+def test_the_cache_write_is_off_the_response_path(upstream: str, redis_srv: RedisServer) -> None:
+    """A store whose writes hang (redis ``CLIENT PAUSE ... WRITE``; reads go on) delays no answer,
+    streamed or not: the miss is written after the response, and lands once the store resumes."""
+    import redis
+
+    config = {"store": redis_srv.url.replace("/0", "/4"), "router": {"artifact": "none"},
+              "server": {"store_socket_timeout_s": 30}, "cache": {"ttl_s": 600},  # no keys: nothing to reserve
+              "providers": [provider("m", "openai/m", upstream)]}
+    base, stop = start_gateway(config)
+    r = redis.Redis.from_url(config["store"])
+    try:
+        body = {"model": "m", "temperature": 0, "messages": [{"role": "user", "content": f"paused store {base}"}]}
+        streamed = {**body, "stream": True, "messages": [{"role": "user", "content": f"paused stream {base}"}]}
+        r.client_pause(60_000, all=False)  # writes wait up to a minute; the old path waited with them
+        try:
+            answer = httpx.post(base + "/v1/chat/completions", json=body, timeout=10)
+            assert answer.status_code == 200 and answer.headers["x-cscr-cache"] == "miss"
+            with httpx.stream("POST", base + "/v1/chat/completions", json=streamed, timeout=10) as events:
+                assert events.headers["x-cscr-cache"] == "miss"
+                text = "".join(events.iter_text())
+            assert text.endswith("data: [DONE]\n\n")
+            assert r.keys("cscr:cache:*") == []  # answered while the writes still wait
+        finally:
+            r.client_unpause()
+        deadline = time.monotonic() + 10
+        while len(r.keys("cscr:cache:*")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = upstream_calls(upstream)
+        again = httpx.post(base + "/v1/chat/completions", json=body, timeout=10)
+        assert again.headers["x-cscr-cache"] == "hit" and again.json()["choices"] == answer.json()["choices"]
+        replayed = httpx.post(base + "/v1/chat/completions", json=streamed, timeout=10)
+        assert replayed.headers["x-cscr-cache"] == "hit" and upstream_calls(upstream) == before
+    finally:
+        r.close()
+        stop()
+
+
 # --- the pieces ---------------------------------------------------------------------------------
 
 
