@@ -252,7 +252,10 @@ def _sse(payload: Mapping[str, Any]) -> bytes:
 
 def replay(payload: Mapping[str, Any], include_usage: bool) -> list[bytes]:
     """A cached chat.completion as the SSE events of a stream: per choice one chunk with the whole
-    message and one with its finish_reason, then the usage chunk if the caller asked, then [DONE]."""
+    message (and its logprobs: a stream's chunks carry those of their own tokens, so one chunk
+    carries them all) and one with its finish_reason, then the usage chunk if the caller asked,
+    then [DONE]. A streamed and a non-streamed request share an entry (``stream`` is not keyed):
+    what a non-streamed answer holds must reach a streaming caller too."""
     base = {k: payload[k] for k in ("id", "created", "model", "system_fingerprint") if k in payload}
     base["object"] = "chat.completion.chunk"
     events: list[bytes] = []
@@ -264,7 +267,7 @@ def replay(payload: Mapping[str, Any], include_usage: bool) -> list[bytes]:
         if message.get("tool_calls"):
             delta["tool_calls"] = [{"index": j, **call} for j, call in enumerate(message["tool_calls"])]
         events.append(_sse({**base, "choices": [{"index": choice.get("index", 0), "delta": delta,
-                                                 "logprobs": None, "finish_reason": None}]}))
+                                                 "logprobs": choice.get("logprobs"), "finish_reason": None}]}))
     for choice in payload["choices"]:
         events.append(_sse({**base, "choices": [{"index": choice.get("index", 0), "delta": {},
                                                  "logprobs": None, "finish_reason": choice["finish_reason"]}]}))

@@ -380,6 +380,24 @@ def test_stream_assembly_inverts_replay() -> None:
     assert spoilt.result() is None
 
 
+def test_a_stream_replayed_from_a_non_streamed_answer_carries_its_logprobs() -> None:
+    """``stream`` is not part of the key: a caller streaming a request first answered whole gets
+    the same answer, logprobs included, in chunks the openai SDK reads."""
+    from openai.types.chat import ChatCompletionChunk
+
+    tokens = [{"token": t, "logprob": -0.1 * i, "bytes": list(t.encode()), "top_logprobs": []}
+              for i, t in enumerate(["Par", "is"])]
+    payload = {"id": "c2", "object": "chat.completion", "created": 1, "model": "m",
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris"},
+                            "logprobs": {"content": tokens, "refusal": None}, "finish_reason": "stop"}]}
+    chunks = [ChatCompletionChunk.model_validate(json.loads(e.removeprefix(b"data: ")))
+              for e in cache.replay(payload, include_usage=False)[:-1]]
+    got = [lp.model_dump() for ch in chunks for c in ch.choices if c.logprobs and c.logprobs.content
+           for lp in c.logprobs.content]
+    assert got == tokens
+    assert "".join(c.delta.content or "" for ch in chunks for c in ch.choices) == "Paris"
+
+
 def test_decode_refuses_what_it_did_not_write() -> None:
     good = cache.encode({"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]}, "m")
     assert cache.decode(good).provider == "m"
