@@ -191,9 +191,59 @@ def default_router_table(root: Path) -> str:
             f"`{r['command']}`.\n")
 
 
+def _signed(x: float, digits: int = 2) -> str:
+    return f"{x:+.{digits}%}".replace("-", "−").replace("%", " %")
+
+
+def graded_onboarding_table(root: Path) -> str:
+    """docs/DESCRIPTORS.md: unseen MMLU-Pro models onboarded by graded probes (router_core.onboarding_eval)."""
+    r = load(root, "mmlu_pro-graded-onboarding/results.json")
+    ablation = load(root, "mmlu_pro-graded-onboarding-no-peer-fill/results.json")
+    base = "in-distribution (full labels)"
+    bar = r["results"][base]["audc"]
+
+    def cells(data: dict[str, Any], n: int) -> tuple[str, str]:
+        tags = [f"N={n}" + (f", draw {d}" if len(data["draws"]) > 1 else "") for d in data["draws"]]
+        audc = [data["results"][f"onboarded, graded on {t}"]["audc"] for t in tags]
+        rel = [data["paired_vs_in_distribution"][f"onboarded, graded on {t}"][0] / data["results"][base]["audc"]
+               for t in tags]
+        if len(set(audc)) == 1:  # the whole pool: every draw is the same
+            return f"{audc[0]:.4f}", _signed(rel[0])
+        return " / ".join(f"{a:.4f}" for a in audc), " / ".join(_signed(x) for x in rel)
+
+    draws = " / ".join(str(d) for d in r["draws"])
+    rows = [f"| keys of the unseen models | AUDC (draws {draws}) | vs in-distribution (paired) |", "|---|---|---|"]
+    for n in r["ns"]:
+        audc, rel = cells(r, n)
+        label = f"graded on N = {n}" if n < r["probe_pool"] else f"graded on the whole probe pool ({n:,})"
+        if n == 200:
+            label, audc, rel = f"**{label}** (the gateway's default)", f"**{audc}**", f"**{rel}**"
+        rows.append(f"| {label} | {audc} | {rel} |")
+    first = r["draws"][0]
+    for name, label in (("K-means (full labels)", "K-means, full labels"),
+                        ("K-means (unseen models graded on N=200)",
+                         f"K-means, unseen models graded on N = 200 (draw {first})")):
+        if name in r["results"]:
+            rows.append(f"| {label} | {r['results'][name]['audc']:.4f} | "
+                        f"{_signed(r['paired_vs_in_distribution'][name][0] / bar)} |")
+    grading = [g for g in r["grading"].values()]
+    agree = [100 * g["agreement_with_recorded_grades"] for g in grading]
+    no_letter = [100 * g["ungradable"] / g["graded"] for g in grading]
+    d200 = r["paired_vs_in_distribution"].get(f"onboarded, graded on N=200, draw {first}")
+    example = "" if d200 is None else (f" N = 200, draw {first}: {d200[0]:+.4f} [{d200[1]:+.4f}, "
+                                       f"{d200[2]:+.4f}].").replace("-", "−")
+    audc, rel = cells(ablation, 200)
+    return ("\n".join(rows) + f"\n\nIn-distribution AUDC {bar:.4f}; {r['train_prompts']:,} train / "
+            f"{r['test_prompts']:,} test prompts, {r['models']} models, {r['bootstrap']} shared bootstrap resamples."
+            f"{example} Grading the recorded answers agrees with the recorded grades on {min(agree):.1f}–"
+            f"{max(agree):.1f} % of them; {min(no_letter):.0f}–{max(no_letter):.0f} % have no letter and count as "
+            f"wrong. Without `peer_fill`, N = 200, draws {' / '.join(map(str, ablation['draws']))}: {audc} ({rel}). "
+            f"`{r['command']}`; `{ablation['command']}`.\n")
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "perf": perf_table, "gateway-bench": gateway_bench_full, "scale": scale_table,
-    "routing": routing_table, "default-router": default_router_table,
+    "routing": routing_table, "default-router": default_router_table, "graded-onboarding": graded_onboarding_table,
 }
 
 

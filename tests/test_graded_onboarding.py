@@ -205,3 +205,28 @@ def test_peer_fill_completes_a_newcomer_from_the_models_it_resembles() -> None:
     few = np.full(2000, np.nan)
     few[:5] = 1.0
     assert np.isnan(peer_fill(labels, np.ones(labels.shape, dtype=bool), few)[5:]).all()  # too few: nothing fitted
+
+
+@pytest.mark.usefixtures("benchmark_data_dir")  # MMLU-Pro's recorded answers
+def test_onboarding_eval_draws_and_grades_as_the_gateway_does() -> None:
+    """``onboarding_eval`` measures the gateway's onboarding: its probes are ``GradedProbes.select``'s
+    draw (exactly N, the serving stratification), graded by ``GradedProbes.grade``."""
+    from router_core.evaluate import prepare
+    from router_core.onboarding_eval import graded_answers, recorded_answers
+
+    s = prepare("mmlu_pro", "unseen-models", encoder="random", seed=0)
+    recorded = recorded_answers(s)
+    probes = recorded.probes
+    assert probes.artifact_probes == len(s.train) and len(probes) == int(s.train.extra["probe"].sum())
+    picks = probes.select(100, seed=1)
+    grades, observed, report = graded_answers(s, recorded, 100, seed=1)
+    assert report["probes"] == 100  # a per-subject rounding drew 102
+    asked = {probes.rows[i] for i in picks}
+    for j, m in enumerate(s.bench.models):
+        rows = set(np.flatnonzero(observed[:, j]))
+        if m not in s.unseen:
+            assert not rows
+            continue
+        assert rows <= asked and len(rows) >= 95  # a recorded answer for (nearly) every pick
+        vector, _ = probes.grade(picks, [recorded.text.get((probes.ids[i], m)) for i in picks])
+        assert np.array_equal(np.where(observed[:, j], grades[:, j], np.nan), np.asarray(vector), equal_nan=True)
