@@ -209,22 +209,12 @@ def _models(args: argparse.Namespace) -> list[str]:
 
 
 def _live(args: argparse.Namespace, probes: ProbeSet) -> int:
-    import os
-
-    from descriptors.live import LiveTarget, ProbeSettings, live_descriptor
+    from descriptors.live import live_descriptor
     from descriptors.lm import load_lm
     from descriptors.perplexity import ScoreSettings
     from descriptors.types import DescriptorError
 
-    api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env)
-        if not api_key:
-            raise SystemExit(f"cscr describe live: environment variable {args.api_key_env} is not set")
-    target = LiveTarget(args.model, args.api_base, api_key, args.input_usd_per_mtok, args.output_usd_per_mtok,
-                        args.timeout_s)
-    settings = ProbeSettings(concurrency=args.concurrency, retries=args.retries, max_cost_usd=args.max_cost_usd,
-                             max_tokens=args.max_tokens)
+    target, settings = _target(args)
     name = args.name or args.model
     score = ScoreSettings(args.max_prompt_tokens, args.max_answer_tokens, args.batch_size)
     try:

@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.responses import translate_events
+from gateway.responses import chat_deltas, translate_events
 
 MAPPED = frozenset({"model", "max_tokens", "messages", "system", "temperature", "top_p", "stop_sequences",
                     "stream", "tools", "tool_choice", "metadata"})
@@ -239,12 +239,9 @@ class MessagesStream:
 
     def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
         out: list[bytes] = []
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
+        usage, deltas, finish = chat_deltas(chunk)
+        self.usage = usage or self.usage
+        for delta in deltas:
             if isinstance(delta.get("content"), str) and delta["content"]:
                 if self.kind != "text":
                     out += self._switch("text", {"type": "text", "text": ""})
@@ -259,7 +256,7 @@ class MessagesStream:
                 if fn.get("arguments"):
                     out.append(self.event("content_block_delta", index=self.block,
                                           delta={"type": "input_json_delta", "partial_json": fn["arguments"]}))
-            self.finish = choice.get("finish_reason") or self.finish
+        self.finish = finish or self.finish
         return out
 
     def finish_events(self) -> list[bytes]:

@@ -22,7 +22,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway import anthropic, proxy, responses, stats
+from gateway import anthropic, proxy, responses
 from gateway.config import Mode
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.forward import DirectTransport
@@ -212,23 +212,11 @@ async def _pass_through(state: GatewayState, plan: Plan, path: str) -> Response:
             raise await proxy._deadline(state, plan, res, repr(provider.name)) from None
         upstream_s = time.perf_counter() - t
         state.metrics.upstream.labels(provider.name).observe(upstream_s)
-        priced = proxy._usage_cost(state, plan, provider, _billable_usage(payload),
-                                   functools.partial(_generated_text, payload))
-        actual = priced[0] if priced else plan.estimates[provider.name]
-        live = await proxy._settle(state, res, actual)
-        proxy._account(state, provider, priced, actual)
-        proxy._key_spend(state, plan, res, actual, live)
         if state.health is not None:
             await state.health.success(provider.name)
-        plan.access.cost_usd = actual
-        stats.record_request(state, plan, provider, priced, actual)
-        headers = proxy._headers(state, plan, provider, upstream_s)
-        headers["x-cscr-cost-usd"] = f"{actual:.8f}"
-        headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
-        if plan.key is not None and plan.key.budget_usd is not None and live is not None and not plan.unmetered:
-            headers["x-cscr-budget-remaining-usd"] = f"{plan.key.budget_usd - live:.8f}"
-        if plan.unmetered:
-            headers["x-cscr-unmetered"] = "store unreachable"
+        priced = proxy._usage_cost(state, plan, provider, _billable_usage(payload),
+                                   functools.partial(_generated_text, payload))
+        _, headers = await proxy.settle_answer(state, plan, provider, res, priced, upstream_s)
         _done(state, plan)
         return _json(payload, headers)
     raise proxy._all_failed(plan, failures)

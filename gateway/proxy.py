@@ -561,27 +561,36 @@ async def complete(state: GatewayState, plan: Plan) -> Response:
         if state.health is not None:
             await state.health.success(provider.name)
         priced = _usage_cost(state, plan, provider, payload.get("usage"), functools.partial(_answer_text, payload))
-        actual = priced[0] if priced else plan.estimates[provider.name]  # no usage: bill the estimate
-        with plan.access.trace.span("settle", provider.name):
-            live = await _settle(state, res, actual)
-        _account(state, provider, priced, actual)
-        _key_spend(state, plan, res, actual, live)
+        actual, headers = await settle_answer(state, plan, provider, res, priced, upstream_s)
         if isinstance(payload.get("usage"), dict):
             payload["usage"]["cost"] = actual  # as OpenRouter does; also x-cscr-cost-usd
-        plan.access.cost_usd = actual
-        stats.record_request(state, plan, provider, priced, actual)
-        headers = _headers(state, plan, provider, upstream_s)
-        headers["x-cscr-cost-usd"] = f"{actual:.8f}"
-        headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
-        if plan.key is not None and plan.key.budget_usd is not None and live is not None and not plan.unmetered:
-            headers["x-cscr-budget-remaining-usd"] = f"{plan.key.budget_usd - live:.8f}"
-        if plan.unmetered:
-            headers["x-cscr-unmetered"] = "store unreachable"
         if plan.cache is not None:
             headers["x-cscr-cache"] = plan.cache.status
             _cache_later(state, plan, payload, provider)
         return Response(json.dumps(payload).encode(), 200, headers, media_type="application/json")
     raise _all_failed(plan, failures)
+
+
+async def settle_answer(state: GatewayState, plan: Plan, provider: ProviderConfig, res: Reservation | None,
+                        priced: tuple[float, int, int] | None, upstream_s: float) -> tuple[float, dict[str, str]]:
+    """A whole (not streamed) answer's bill: its actual cost (``priced`` from the provider's usage,
+    else the estimate) settled against the reservation, counted in the metrics and the dashboard,
+    and the response headers that report it. (actual USD, headers)"""
+    actual = priced[0] if priced else plan.estimates[provider.name]  # no usage: bill the estimate
+    with plan.access.trace.span("settle", provider.name):
+        live = await _settle(state, res, actual)
+    _account(state, provider, priced, actual)
+    _key_spend(state, plan, res, actual, live)
+    plan.access.cost_usd = actual
+    stats.record_request(state, plan, provider, priced, actual)
+    headers = _headers(state, plan, provider, upstream_s)
+    headers["x-cscr-cost-usd"] = f"{actual:.8f}"
+    headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
+    if plan.key is not None and plan.key.budget_usd is not None and live is not None and not plan.unmetered:
+        headers["x-cscr-budget-remaining-usd"] = f"{plan.key.budget_usd - live:.8f}"
+    if plan.unmetered:
+        headers["x-cscr-unmetered"] = "store unreachable"
+    return actual, headers
 
 
 def _account(state: GatewayState, provider: ProviderConfig, priced: tuple[float, int, int] | None,

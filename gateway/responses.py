@@ -302,12 +302,9 @@ class ResponsesStream:
 
     def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
         out: list[bytes] = []
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
+        usage, deltas, finish = chat_deltas(chunk)
+        self.usage = usage or self.usage
+        for delta in deltas:
             if isinstance(delta.get("content"), str) and delta["content"]:
                 if self.text is None:
                     out += self._open_text()
@@ -318,7 +315,7 @@ class ResponsesStream:
                                       logprobs=[]))
             for call in delta.get("tool_calls") or ():
                 out += self._tool_delta(call)
-            self.finish = choice.get("finish_reason") or self.finish
+        self.finish = finish or self.finish
         return out
 
     def finish_events(self) -> list[bytes]:
@@ -340,6 +337,19 @@ class ResponsesStream:
         snapshot["error"] = {"code": "server_error", "message": message}
         return [self.event("error", code=error.get("code"), message=message, param=None),
                 self.event("response.failed", response=snapshot)]
+
+
+def chat_deltas(chunk: dict[str, Any]) -> tuple[Any, list[dict[str, Any]], str | None]:
+    """What a chat chunk says to a translated stream: its usage (None: none), the deltas of choice 0
+    (the Responses and Messages APIs have no ``n``: one choice), and its finish reason (None: none)."""
+    deltas: list[dict[str, Any]] = []
+    finish = None
+    for choice in chunk.get("choices") or ():
+        if choice.get("index", 0) != 0:
+            continue
+        deltas.append(choice.get("delta") or {})
+        finish = choice.get("finish_reason") or finish
+    return chunk.get("usage") or None, deltas, finish
 
 
 class StreamEvents(Protocol):

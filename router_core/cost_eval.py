@@ -20,18 +20,16 @@ the realised curve on recorded costs, with paired bootstrap differences.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from router_core.baselines import oracle_choices
-from router_core.data import Benchmark, load_benchmark, versions_of
-from router_core.default_eval import ENCODER, _p_hat, gateway_costs
+from router_core.data import Benchmark, versions_of
+from router_core.default_eval import ENCODER, _p_hat, gateway_costs, held_out, start
 from router_core.kernel_policy import LAMBDA_GRID, decide
 from router_core.metrics import bootstrap, paired_difference
 from router_core.pricing import answer_tokens, expected_costs, list_prices
@@ -62,11 +60,7 @@ def estimates(bench: Benchmark, emb: np.ndarray, seed: int) -> tuple[dict[str, n
 
 def score_set(bench: Benchmark, p_hat: np.ndarray, est: dict[str, np.ndarray], source: str, n_boot: int,
               seed: int) -> dict[str, object]:
-    test = bench.subset(bench.split == "test")
-    in_set = test.extra["source"] == source
-    missing = test.missing if test.missing is not None else np.zeros(test.quality.shape, dtype=bool)
-    cols = np.flatnonzero(~missing[in_set].all(axis=0))
-    rows = np.flatnonzero(in_set & ~missing[:, cols].any(axis=1))
+    test, rows, cols = held_out(bench, source)
     q, c = test.quality[np.ix_(rows, cols)], test.cost[np.ix_(rows, cols)]
     models = [bench.models[j] for j in cols]
     error = {name: {m: float(np.median(np.abs(e[np.ix_(rows, cols)][:, i] - c[:, i]) / c[:, i]))
@@ -104,17 +98,8 @@ def report(summary: dict[str, object]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from router_core.encoder import embed_prompts
-
-    p = argparse.ArgumentParser(prog="python -m router_core.cost_eval", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="directory for results.json and results.md")
-    p.add_argument("--bootstrap", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
-    bench = load_benchmark("routerbench+alpacaeval")
-    emb = embed_prompts(bench.prompts, ENCODER)
+    args, bench, emb = start("router_core.cost_eval", __doc__, "results.json and results.md", argv)
     tr, te = bench.split == "train", bench.split == "test"
     p_hat = _p_hat(bench.subset(tr), emb[tr], emb[te], args.seed)
     est, params = estimates(bench, emb, args.seed)

@@ -108,17 +108,24 @@ def decisions(bench: Benchmark, emb: np.ndarray, seed: int = 0) -> dict[str, np.
     return out
 
 
+def held_out(bench: Benchmark, source: str) -> tuple[Benchmark, np.ndarray, np.ndarray]:
+    """The test split, and the rows and model columns of it that one held-out set (``source``)
+    is scored on: the models it labels at all, the prompts each of them has a verdict on."""
+    test = bench.subset(bench.split == "test")
+    in_set = test.extra["source"] == source
+    missing = test.missing if test.missing is not None else np.zeros(test.quality.shape, dtype=bool)
+    cols = np.flatnonzero(~missing[in_set].all(axis=0))  # models this set labels at all
+    rows = np.flatnonzero(in_set & ~missing[:, cols].any(axis=1))  # prompts with every verdict
+    return test, rows, cols
+
+
 def score_set(bench: Benchmark, emb: np.ndarray, scores: dict[str, np.ndarray], source: str,
               n_boot: int, seed: int = 0) -> dict[str, object]:
     """Curves of every router on one held-out set, restricted to its labelled models and prompts."""
     from router_core.router import calibrate_lam_max, choose, lambda_sweep, normalise_costs
 
-    tr, te = bench.split == "train", bench.split == "test"
-    test = bench.subset(te)
-    in_set = test.extra["source"] == source
-    missing = test.missing if test.missing is not None else np.zeros(test.quality.shape, dtype=bool)
-    cols = np.flatnonzero(~missing[in_set].all(axis=0))  # models this set labels at all
-    rows = np.flatnonzero(in_set & ~missing[:, cols].any(axis=1))  # prompts with every verdict
+    tr = bench.split == "train"
+    test, rows, cols = held_out(bench, source)
     q, c = test.quality[np.ix_(rows, cols)], test.cost[np.ix_(rows, cols)]
     est = gateway_costs([test.prompts[i] for i in rows], [bench.models[j] for j in cols])
     rb_tr = tr & (bench.extra["source"] == "routerbench")
@@ -176,18 +183,25 @@ def tradeoff_rows(bench: Benchmark, artifact: Path, source: str) -> list[dict[st
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def start(prog: str, doc: str, outputs: str,
+          argv: list[str] | None) -> tuple[argparse.Namespace, Benchmark, np.ndarray]:
+    """What this module's and ``cost_eval``'s CLIs share: ``--out``, ``--bootstrap``, ``--seed``,
+    logging, and ``routerbench+alpacaeval`` with its embeddings."""
     from router_core.encoder import embed_prompts
 
-    p = argparse.ArgumentParser(prog="python -m router_core.default_eval", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="directory for results.json, results.md, tradeoff.csv")
+    p = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True, help=f"directory for {outputs}")
     p.add_argument("--bootstrap", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    t0 = time.perf_counter()
     bench = load_benchmark("routerbench+alpacaeval")
-    emb = embed_prompts(bench.prompts, ENCODER)
+    return args, bench, embed_prompts(bench.prompts, ENCODER)
+
+
+def main(argv: list[str] | None = None) -> int:
+    t0 = time.perf_counter()
+    args, bench, emb = start("router_core.default_eval", __doc__, "results.json, results.md, tradeoff.csv", argv)
     scores = decisions(bench, emb, args.seed)
     sets = {s: score_set(bench, emb, scores, s, args.bootstrap, args.seed) for s in ("routerbench", "alpacaeval")}
     args.out.mkdir(parents=True, exist_ok=True)
