@@ -206,6 +206,22 @@ LIST_PRICES: dict[str, tuple[float, float]] = {
     "mistralai/mistral-7b-chat": (0.2, 0.2), "zero-one-ai/Yi-34B-Chat": (0.8, 0.8),
     "WizardLM/WizardLM-13B-V1.2": (0.3, 0.3),
 }
+MMLU_PRICES_FILE = Path("mmlu_pro") / "model_prices.csv"
+
+
+def list_prices(models: Sequence[str], data_dir: Path | None = None) -> np.ndarray:
+    """(M, 2) USD per million (input, output) tokens of each model: ``LIST_PRICES`` for the
+    RouterBench pool, else ``<data>/mmlu_pro/model_prices.csv`` (the basis of MMLU-Pro's costs)."""
+    prices = dict(LIST_PRICES)
+    if any(m not in prices for m in models):
+        root = Path(data_dir) if data_dir is not None else default_data_dir()
+        df = pd.read_csv(root / MMLU_PRICES_FILE)
+        prices.update({str(m): (float(i), float(o)) for m, i, o in
+                       zip(df["model"], df["input_usd_per_mtok"], df["output_usd_per_mtok"], strict=True)})
+    unknown = [m for m in models if m not in prices]
+    if unknown:
+        raise KeyError(f"no list price for {unknown}")
+    return np.array([prices[m] for m in models], dtype=np.float64)
 
 
 def _load_alpacaeval(root: Path, **opts: Any) -> Benchmark:
