@@ -188,3 +188,19 @@ def test_eval_gateway_scores_mmlu_pro_end_to_end(served: tuple[str, Path, Path])
     assert mixes[0] != mixes[-1]  # T moves the decisions
     es = load_eval_set("mmlu_pro", "test", max_prompts=16)
     assert np.isfinite(summary["results"]["gateway"]["audc"]["value"]) and len(es.prompts) == 16
+
+
+@pytest.mark.slow
+def test_the_gateway_bills_the_recorded_cost(served: tuple[str, Path, Path], data: dict[str, pd.DataFrame]) -> None:
+    """Through the generated config's pricing, a replayed answer costs what costs.csv says."""
+    import httpx
+
+    base, _, _ = served
+    probes = set(data["responses"].question_id)
+    qid = next(int(q) for q in data["questions"].index[::-1] if q not in probes)
+    for model in ("gpt-4o-2024-05-13(api)", "gemini-1.5-flash-002", "Llama-2-7b-hf"):
+        r = httpx.post(f"{base}/v1/chat/completions", headers={"authorization": "Bearer sk-eval-all"}, timeout=30,
+                       json={"model": provider_name(model), "messages": [{"role": "user",
+                                                                          "content": prompt_of(data, qid)}]})
+        assert r.status_code == 200 and r.headers["x-cscr-provider"] == provider_name(model)
+        assert r.json()["usage"]["cost"] == pytest.approx(float(data["costs"].loc[qid, model]), rel=1e-9)
