@@ -22,6 +22,11 @@ decisions computed in-process on batch embeddings with ``kernel_policy.decide`` 
 and the gateway's own cost estimates (``count_messages`` x the providers' prices): the report gives
 their decision agreement per T and their AUDC side by side.
 
+MMLU-Pro's 31 models are served by the replay upstream's MMLU-Pro mode (``cscr upstream --replay
+mmlu_pro``) behind the gateway.yaml ``python -m gateway.replay_mmlu`` writes (docs/EVALUATION.md has
+the recipe); its unrecorded answers count as wrong (``MISSING_AS_WRONG``), so all 2,000 test prompts
+are scored.
+
 ``max_tokens`` is part of the gateway's cost estimate (prompt x input price + max_tokens x output
 price, else ``server.estimate_output_tokens``), so it changes the decisions; requests carry none
 unless ``--max-tokens`` is given, and the offline decisions use the same bound.
@@ -61,6 +66,9 @@ DEFAULT_TRADEOFFS = tuple(float(t) for t in np.round(np.linspace(0.0, 1.0, 11), 
 # what the baseline trains on: the default artifact's training set, restricted to its train split
 KMEANS_DATA = {"routerbench": "routerbench+alpacaeval", "alpacaeval": "routerbench+alpacaeval", "mmlu_pro": "mmlu_pro"}
 KMEANS_ENCODER = "static-minilm"
+# benchmarks scored as their loader fills them: an unrecorded answer counts as wrong (MMLU-Pro's
+# convention, as in ``cscr eval``), so every test prompt is kept; elsewhere such prompts are left out
+MISSING_AS_WRONG = ("mmlu_pro",)
 
 
 class EvalGatewayError(RuntimeError):
@@ -83,7 +91,8 @@ class EvalSet:
 def load_eval_set(benchmark: str, split: str = "test", data_dir: Path | None = None,
                   max_prompts: int | None = None, seed: int = 0) -> EvalSet:
     """``split``'s prompts with a verdict from every model the set labels at all (AlpacaEval: 6 of
-    the RouterBench pool); ``max_prompts``: a seeded random subset, in the loader's order."""
+    the RouterBench pool; MMLU-Pro: every prompt, unrecorded answers wrong, ``MISSING_AS_WRONG``);
+    ``max_prompts``: a seeded random subset, in the loader's order."""
     from router_core.data import load_benchmark, versions_of
 
     bench = load_benchmark(benchmark, data_dir)
@@ -91,6 +100,8 @@ def load_eval_set(benchmark: str, split: str = "test", data_dir: Path | None = N
     if len(part) == 0:
         raise EvalGatewayError(f"{benchmark} has no {split!r} split")
     missing = part.missing if part.missing is not None else np.zeros(part.quality.shape, dtype=bool)
+    if benchmark in MISSING_AS_WRONG:
+        missing = np.zeros_like(missing)
     cols = np.flatnonzero(~missing.all(axis=0))
     rows = np.flatnonzero(~missing[:, cols].any(axis=1))
     if max_prompts is not None and max_prompts < rows.size:

@@ -1,5 +1,5 @@
 """What the local upstream answers: recorded RouterBench answers, with prices and token counts that
-reproduce their recorded cost, or labelled synthetic ones.
+reproduce their recorded cost, or labelled synthetic ones (MMLU-Pro: ``gateway.replay_mmlu``).
 
 The recorded ``<model>|total_cost`` of every row is exactly
 ``(prompt_tokens * in_price + completion_tokens * out_price) / 1e6`` with tiktoken ``cl100k_base``
@@ -18,7 +18,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import tiktoken
 
@@ -83,28 +83,54 @@ def resolve_model(model: str) -> str | None:
     return next((m for m in model_candidates(model) if m in REPLAY_PRICES), None)
 
 
-def recorded_completion_tokens(cost: float, prompt_tokens: int, prices: tuple[float, float]) -> int:
-    """Completion tokens that make ``prompt_tokens`` and the result, billed at ``prices``, cost ``cost``."""
+def recorded_completion_tokens(cost: float, prompt_tokens: int, prices: tuple[float, float], least: int = 1) -> int:
+    """Completion tokens that make ``prompt_tokens`` and the result, billed at ``prices``, cost
+    ``cost`` (at least ``least``: MMLU-Pro records empty answers)."""
     in_price, out_price = prices
     if out_price <= 0:
-        return 1
-    return max(1, round((cost * 1e6 - prompt_tokens * in_price) / out_price))
+        return least
+    return max(least, round((cost * 1e6 - prompt_tokens * in_price) / out_price))
 
 
 @dataclass(frozen=True)
 class Recorded:
-    """One recorded RouterBench answer."""
+    """One recorded answer of a benchmark model (or, ``stand_in``, its recorded length only)."""
 
     sample_id: str
     model: str
     content: str
     cost_usd: float
-    prompt_tokens: int  # tokens of the recorded prompt_text, as billed
-    completion_tokens: int  # derived from the recorded cost, equal to the answer's token count
+    prompt_tokens: int  # tokens of the recorded prompt, as billed
+    completion_tokens: int  # derived from the recorded cost (RouterBench: equal to the answer's token count)
+    stand_in: bool = False  # True: the data has the answer's length but not its text; ``content`` says so
+    chars: int | None = None  # the recorded answer's length in characters, where the data states it
+
+
+class ReplaySource(Protocol):
+    """What ``compose_reply`` reads: a benchmark's recorded answers, looked up by prompt and model."""
+
+    label: str  # named in synthetic replies: "prompt not in <label>"
+    encoding: tiktoken.Encoding
+
+    def __len__(self) -> int: ...
+
+    def models(self) -> list[str]:
+        """The model columns it can answer for, as ``GET /v1/models`` lists them."""
+        ...
+
+    def resolve(self, model: str) -> str | None:
+        """The column a request's model name selects, or None."""
+        ...
+
+    def lookup(self, prompt: str, model: str) -> Recorded | None:
+        """The answer of column ``model`` to ``prompt``, or None for a prompt it does not hold."""
+        ...
 
 
 class ReplayTable:
-    """Recorded answers keyed by normalised prompt text. Answers are parsed on lookup."""
+    """Recorded RouterBench answers keyed by normalised prompt text. Answers are parsed on lookup."""
+
+    label = "RouterBench subset"
 
     def __init__(
         self,
@@ -137,6 +163,12 @@ class ReplayTable:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def models(self) -> list[str]:
+        return list(REPLAY_MODELS)
+
+    def resolve(self, model: str) -> str | None:
+        return resolve_model(model)
 
     def prompts(self) -> list[str]:
         """Every lookup key (normalised prompt text), in row order."""
@@ -196,9 +228,10 @@ def message_text(message: Any) -> str:
     return ""
 
 
-def compose_reply(table: ReplayTable | None, encoding: tiktoken.Encoding, body: dict[str, Any], model: str) -> Reply:
-    """The answer to a validated request: recorded if the last user message is a RouterBench prompt
-    and ``model`` names a column, else synthetic; then tools, ``stop`` and the token limit.
+def compose_reply(table: ReplaySource | None, encoding: tiktoken.Encoding, body: dict[str, Any], model: str) -> Reply:
+    """The answer to a validated request: recorded (or a labelled stand-in of the recorded length)
+    if the last user message is a prompt of ``table`` and ``model`` names a column, else synthetic;
+    then tools, ``stop`` and the token limit.
     ``body`` must be a validated chat request (``messages`` a list)."""
 
     def count(text: str) -> int:
@@ -207,7 +240,7 @@ def compose_reply(table: ReplayTable | None, encoding: tiktoken.Encoding, body: 
     messages: list[Any] = body["messages"]
     users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
     prompt = message_text(users[-1]) if users else ""
-    column = resolve_model(model)
+    column = table.resolve(model) if table is not None else None
     recorded = table.lookup(prompt, column) if table is not None and column else None
     others = sum(count(message_text(m)) for m in messages if not (users and m is users[-1]))
     headers: dict[str, str] = {}
@@ -216,18 +249,20 @@ def compose_reply(table: ReplayTable | None, encoding: tiktoken.Encoding, body: 
         prompt_tokens = recorded.prompt_tokens + others
         completion_tokens = recorded.completion_tokens
         headers = {
-            "x-replay": "recorded",
+            "x-replay": "stand-in" if recorded.stand_in else "recorded",
             "x-replay-model": recorded.model,
             "x-replay-sample-id": recorded.sample_id,
             "x-replay-cost-usd": repr(recorded.cost_usd),
         }
+        if recorded.chars is not None:
+            headers["x-replay-chars"] = str(recorded.chars)
     else:
         if table is None:
             reason = "replay disabled"
         elif column is None:
-            reason = f"model {model!r} not in RouterBench subset"
+            reason = f"model {model!r} not in {table.label}"
         else:
-            reason = "prompt not in RouterBench subset"
+            reason = f"prompt not in {table.label}"
         content = synthetic_content(prompt, model, reason)
         prompt_tokens = (count(prompt) if users else 0) + others
         completion_tokens = count(content)
@@ -270,6 +305,11 @@ def forced_tool(body: dict[str, Any]) -> str | None:
 
 def synthetic_content(prompt: str, model: str, reason: str) -> str:
     """A clearly labelled, deterministic stand-in answer (same prompt and model, same text)."""
-    digest = hashlib.sha256(f"{model}\n{prompt}".encode()).digest()
-    words = " ".join(_SYNTHETIC_WORDS[b % len(_SYNTHETIC_WORDS)] for b in digest[:12])
+    words = synthetic_words(f"{model}\n{prompt}", 12)
     return f"{SYNTHETIC_TAG.format(reason=reason)} {model} says: {words}."
+
+
+def synthetic_words(seed: str, n: int) -> str:
+    """``n`` filler words chosen by a hash of ``seed`` (deterministic)."""
+    digest = hashlib.sha256(seed.encode()).digest()
+    return " ".join(_SYNTHETIC_WORDS[b % len(_SYNTHETIC_WORDS)] for b in digest[:n])

@@ -1,5 +1,6 @@
-"""``cscr upstream``: a local OpenAI-compatible server that replays RouterBench answers, for demos,
-tests and benchmarks, with fault injection (error statuses, timeouts, cut streams, latency).
+"""``cscr upstream``: a local OpenAI-compatible server that replays RouterBench answers (or, with
+``--replay mmlu_pro``, MMLU-Pro's), for demos, tests and benchmarks, with fault injection (error
+statuses, timeouts, cut streams, latency).
 
 Faults are chosen per request, most specific first: the ``x-upstream-fault`` header, a
 ``#fault=SPEC`` suffix on the model name, a per-model rule (``--fault MODEL=SPEC``, ``POST
@@ -41,6 +42,7 @@ from gateway.replay import (
     BUNDLED_REPLAY,
     REPLAY_MODELS,
     REPLAY_PRICES,
+    ReplaySource,
     ReplayTable,
     Reply,
     compose_reply,
@@ -149,8 +151,8 @@ class UpstreamConfig:
 
     host: str = "127.0.0.1"
     port: int = 8100
-    replay: str = "routerbench"  # or "none": synthetic answers only
-    data_dir: Path | None = None  # None: $CSCR_DATA_DIR if set, else the bundled replay set
+    replay: str = "routerbench"  # or "mmlu_pro", or "none": synthetic answers only
+    data_dir: Path | None = None  # None: $CSCR_DATA_DIR if set, else the bundled replay set (MMLU-Pro: shared/data)
     latency_ms: float = 0.0
     chunk_delay_ms: float = 0.0
     faults: tuple[tuple[str, str], ...] = ()
@@ -173,12 +175,30 @@ def routerbench_parquet(data_dir: Path | None) -> Path:
     return path
 
 
+REPLAYS = ("routerbench", "mmlu_pro", "none")
+
+
+def load_replay(replay: str, data_dir: Path | None) -> ReplaySource | None:
+    """The answers of ``replay`` (None for ``none``). RouterBench: ``routerbench_parquet``;
+    MMLU-Pro: ``<data>/mmlu_pro`` of ``data_dir``, else the project's data folder (it is not bundled).
+    FileNotFoundError when the chosen data is missing."""
+    if replay == "routerbench":
+        return ReplayTable.load(routerbench_parquet(data_dir))
+    if replay == "mmlu_pro":
+        from gateway.replay_mmlu import MmluProTable
+
+        return MmluProTable.load(data_dir)
+    if replay == "none":
+        return None
+    raise ValueError(f"unknown replay {replay!r}; expected one of {REPLAYS}")
+
+
 @dataclass
 class UpstreamState:
     """Everything the handlers share; built in the lifespan."""
 
     config: UpstreamConfig
-    table: ReplayTable | None
+    table: ReplaySource | None
     encoding: tiktoken.Encoding
     rules: dict[str, Fault] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)
@@ -449,7 +469,8 @@ async def embeddings(request: Request) -> Response:
 
 async def list_models(request: Request) -> JSONResponse:
     state: UpstreamState = request.app.state.upstream
-    names = list(REPLAY_MODELS) + [m for m in state.rules if m != ANY_MODEL and m not in REPLAY_PRICES]
+    served = state.table.models() if state.table is not None else list(REPLAY_MODELS)
+    names = served + [m for m in state.rules if m != ANY_MODEL and m not in served]
     return JSONResponse(
         {
             "object": "list",
@@ -500,14 +521,12 @@ def _fault_dict(fault: Fault) -> dict[str, Any]:
     return {k: v for k, v in fault.__dict__.items() if v is not None}
 
 
-def create_app(config: UpstreamConfig, table: ReplayTable | None = None) -> Starlette:
+def create_app(config: UpstreamConfig, table: ReplaySource | None = None) -> Starlette:
     """The upstream app. The replay table (unless given) and the tokenizer load in the lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        loaded = table
-        if loaded is None and config.replay == "routerbench":
-            loaded = ReplayTable.load(routerbench_parquet(config.data_dir))
+        loaded = table if table is not None else load_replay(config.replay, config.data_dir)
         encoding = loaded.encoding if loaded is not None else load_cl100k()
         state = UpstreamState(config=config, table=loaded, encoding=encoding, rng=random.Random(config.seed))
         for model, spec in config.faults:
@@ -566,7 +585,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def start_upstream(
     *,
-    table: ReplayTable | None = None,
+    table: ReplaySource | None = None,
     faults: Mapping[str, str] | Iterable[tuple[str, str]] = (),
     fail_rate: float = 0.0,
     fail_status: int = 503,
@@ -609,16 +628,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument(
         "--replay",
-        choices=["routerbench", "none"],
+        choices=list(REPLAYS),
         default="routerbench",
-        help="answer RouterBench prompts with recorded answers, or synthetic answers only",
+        help="answer RouterBench prompts with recorded answers (default), MMLU-Pro prompts with recorded "
+        "answers or labelled stand-ins of the recorded length, or synthetic answers only",
     )
     parser.add_argument(
         "--data",
         type=Path,
         default=None,
-        help="replay the full routerbench_subset/ of this data folder (default: $CSCR_DATA_DIR if set, "
-        "else the replay set bundled in the package)",
+        help="replay the full routerbench_subset/ (or mmlu_pro/) of this data folder (default: $CSCR_DATA_DIR "
+        "if set, else the replay set bundled in the package; MMLU-Pro: else shared/data above the repository)",
     )
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before a response or first chunk")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between stream chunks")
@@ -658,19 +678,18 @@ def main(argv: list[str]) -> int:
         seed=args.seed,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    table = None
-    if config.replay == "routerbench":
-        try:
-            table = ReplayTable.load(routerbench_parquet(config.data_dir))
-        except FileNotFoundError as exc:
-            print(f"cscr upstream: {exc} (fix --data / CSCR_DATA_DIR, or unset them to replay the bundled set)",
-                  file=sys.stderr)
-            return 2
+    try:
+        table = load_replay(config.replay, config.data_dir)
+    except FileNotFoundError as exc:
+        hint = ("fix --data / CSCR_DATA_DIR, or unset them to replay the bundled set" if config.replay == "routerbench"
+                else "it is not bundled: point --data or CSCR_DATA_DIR at the project's data folder")
+        print(f"cscr upstream: {exc} ({hint})", file=sys.stderr)
+        return 2
     logger.info(
         "replay upstream on http://%s:%d/v1 (%s)",
         config.host,
         config.port,
-        f"{len(table)} RouterBench prompts" if table is not None else "synthetic answers only",
+        f"{len(table)} {table.label} prompts" if table is not None else "synthetic answers only",
     )
     try:
         sock = bind(config.host, config.port)

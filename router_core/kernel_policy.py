@@ -255,7 +255,7 @@ def cross_fitted_lengths(params: dict[str, float], emb: np.ndarray, tokens: np.n
 
 
 def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int = 0, fit_on: str = "train",
-          answer_lengths: bool = True) -> Path:
+          answer_lengths: bool = True, max_prompts: int | None = None) -> Path:
     """Fit on the benchmark's training split (``fit_on="all"``: every labelled prompt) and write
     the artifact directory. ``answer_lengths``: ship each model's recorded answer lengths, so the
     rule ranks on expected cost (``NeighbourLengths``); the trade-off table is then made on the
@@ -268,6 +268,8 @@ def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int =
     train = bench if fit_on == "all" else bench.subset(bench.split == "train")
     if train.missing is not None:
         train = train.subset(common_patterns(~train.missing))
+    if max_prompts is not None and max_prompts < len(train):
+        train = train.subset(np.sort(np.random.default_rng(seed).choice(len(train), max_prompts, replace=False)))
     emb = embed_prompts(train.prompts, encoder, progress=True)
     observed = ~train.missing if train.missing is not None else np.ones(train.quality.shape, dtype=bool)
     lengths = np.array([len(p) for p in train.prompts], dtype=np.float64)
@@ -341,10 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-answer-lengths", action="store_true",
                         help="rank on the gateway's cost bound, not on expected cost from recorded answer lengths")
+    parser.add_argument("--max-prompts", type=int, default=None,
+                        help="fit on a seeded random subset of that many prompts (quick smoke-test artifacts)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    build(args.benchmark, args.out, args.encoder, args.seed, args.fit_on, not args.no_answer_lengths)
+    build(args.benchmark, args.out, args.encoder, args.seed, args.fit_on, not args.no_answer_lengths,
+          args.max_prompts)
     return 0
 
 

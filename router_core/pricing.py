@@ -16,6 +16,7 @@ the prompt is tiktoken's, not len/4.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,13 +40,34 @@ def prompt_tokens(prompts: Sequence[str]) -> np.ndarray:
     return np.array([len(p) / 4.0 for p in prompts])
 
 
-def list_prices(models: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(M,) input and (M,) output USD per token at ``LIST_PRICES``; KeyError names a model without one."""
-    unknown = [m for m in models if m not in LIST_PRICES]
+MMLU_PRICES_FILE = Path("mmlu_pro") / "model_prices.csv"
+
+
+def price_table(models: Sequence[str], data_dir: Path | None = None) -> np.ndarray:
+    """(M, 2) USD per million (input, output) tokens of each model: ``LIST_PRICES`` for the
+    RouterBench pool, else ``<data>/mmlu_pro/model_prices.csv`` (the basis of MMLU-Pro's recorded
+    costs); KeyError names a model with neither."""
+    prices = dict(LIST_PRICES)
+    if any(m not in prices for m in models):
+        import pandas as pd
+
+        from router_core.paths import default_data_dir
+
+        root = Path(data_dir) if data_dir is not None else default_data_dir()
+        if (root / MMLU_PRICES_FILE).is_file():
+            df = pd.read_csv(root / MMLU_PRICES_FILE)
+            prices.update({str(m): (float(i), float(o)) for m, i, o in
+                           zip(df["model"], df["input_usd_per_mtok"], df["output_usd_per_mtok"], strict=True)})
+    unknown = [m for m in models if m not in prices]
     if unknown:
-        raise KeyError(f"no list price for {unknown}; LIST_PRICES has the RouterBench pool only")
-    return (np.array([LIST_PRICES[m][0] for m in models]) / 1e6,
-            np.array([LIST_PRICES[m][1] for m in models]) / 1e6)
+        raise KeyError(f"no list price for {unknown}: neither LIST_PRICES nor {MMLU_PRICES_FILE} has one")
+    return np.array([prices[m] for m in models], dtype=np.float64).reshape(len(models), 2)
+
+
+def list_prices(models: Sequence[str], data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(M,) input and (M,) output USD per token (``price_table`` / 1e6)."""
+    table = price_table(models, data_dir) / 1e6
+    return table[:, 0], table[:, 1]
 
 
 def request_costs(tokens_in: np.ndarray, tokens_out: np.ndarray | float, models: Sequence[str]) -> np.ndarray:
