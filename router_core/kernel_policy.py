@@ -43,6 +43,7 @@ from router_core.variants import (
     random_folds,
     select_hyperparams,
     select_length_params,
+    similarities,
 )
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class KernelShrinkPolicy:
         self._graded_file = graded_file
         self.lengths = lengths  # expected answer lengths per trained expert (None: rank on Candidate.cost)
         self._length_cols = {e: j for j, e in enumerate(experts)}
+        self._shared_keys = self._same_keys()
 
     @property
     def descriptor_spec(self) -> DescriptorSpec:
@@ -95,6 +97,11 @@ class KernelShrinkPolicy:
             return self.graded.spec(self._graded_file)
         return DescriptorSpec("graded", f"probes-n{self._labels.shape[0]}", "letter-v1",
                               settings={"answer_format": "letter", "probes": int(self._labels.shape[0])})
+
+    def _same_keys(self) -> bool:
+        """Whether the answer lengths are searched among the same probe prompts as p̂ (they are when
+        both are fitted on the artifact's embeddings): then one similarity pass serves both."""
+        return self.lengths is not None and np.array_equal(self.lengths.keys, self.router.keys)
 
     def lam(self, tradeoff: float) -> float:
         t = float(min(max(tradeoff, 0.0), 1.0))
@@ -107,14 +114,15 @@ class KernelShrinkPolicy:
     def _embed(self, prompt: str) -> np.ndarray:
         return self.encoder.encode(routing_text(prompt))[None, :]  # (1, D)
 
-    def expected_costs(self, q: np.ndarray, known: Sequence[Candidate]) -> np.ndarray:
+    def expected_costs(self, q: np.ndarray, known: Sequence[Candidate], sims: np.ndarray | None = None) -> np.ndarray:
         """(K,) USD the rule ranks on: each candidate priced (``Candidate.cost_at``) at the answer
         length its model gave the prompts nearest ``q``; a model without recorded lengths (added by
         descriptor) at the median of the others' for this prompt. ``Candidate.cost`` when the artifact
-        has no lengths or the gateway gave no pricing callback."""
+        has no lengths or the gateway gave no pricing callback. ``sims``: ``q``'s similarities to the
+        probe prompts, when p̂'s search made them (``rank``)."""
         if self.lengths is None or any(c.cost_at is None for c in known):
             return np.array([c.cost for c in known])
-        tokens = self.lengths.predict(q)[0]  # (M0,) this artifact's trained experts
+        tokens = self.lengths.predict(q, sims if self._shared_keys else None)[0]  # (M0,) the trained experts
         per = [float(tokens[self._length_cols[c.expert]]) if c.expert in self._length_cols else np.nan for c in known]
         finite = [t for t in per if np.isfinite(t)]
         typical = float(np.median(finite)) if finite else float(np.nanmedian(tokens))
@@ -153,6 +161,7 @@ class KernelShrinkPolicy:
         router.fit(self._emb, labels, observed, centroids=self.router.centroids)
         # swap whole objects: a concurrent rank sees the old pool or the new one, never a mix
         self.router, self._labels, self._observed, self.experts = router, labels, observed, experts
+        self._shared_keys = self._same_keys()
 
     def rank(self, prompt: str, candidates: Sequence[Candidate], tradeoff: float) -> Ranking:
         pos = {n: i for i, n in enumerate(self.experts)}
@@ -162,9 +171,11 @@ class KernelShrinkPolicy:
         order: list[Scored] = []
         if known:
             q = self._embed(prompt)
-            p_all = self.router.predict(q)[0]
+            router = self.router  # one pool for the whole decision (``add_answers`` swaps it)
+            sims = similarities(q, router.keys)  # (1, R): one pass for p̂ and the answer lengths
+            p_all = router.predict(q, sims)[0]
             p = np.array([p_all[pos[c.expert]] for c in known if c.expert is not None])  # (K,)
-            cost = self.expected_costs(q, known)
+            cost = self.expected_costs(q, known, sims)
             if tradeoff >= 1.0:  # cheapest outright, the likelier-right first among equals
                 idx = np.lexsort((-p, cost))
                 scores = -cost

@@ -45,6 +45,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def similarities(emb: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """(N, R) cosine of each query to each probe prompt: unit float32 queries against the unit float32
+    ``keys`` (``KernelShrinkRouter.keys``, ``NeighbourLengths.keys``). Computed once per request
+    when both models search the same probe prompts (``sims=`` of their ``predict``)."""
+    return _unit(np.atleast_2d(emb)).astype(np.float32) @ keys.T
+
+
 @dataclass
 class KernelShrinkRouter:
     """p̂ from kernel-weighted probe neighbours shrunk toward the prompt cluster's accuracy."""
@@ -88,24 +95,31 @@ class KernelShrinkRouter:
         self._keys_f32 = np.ascontiguousarray(self._keys, dtype=np.float32)
         self._groups = [(rows, cols, self._labels[:, cols]) for rows, cols in label_groups(self._observed)]
 
-    def predict(self, emb: np.ndarray) -> np.ndarray:
-        return self.combine(self.neighbours(emb, self.k), self.k, self.bandwidth, self.prior_strength)
+    def predict(self, emb: np.ndarray, sims: np.ndarray | None = None) -> np.ndarray:
+        """(N, M) p̂; ``sims``: ``similarities(emb, self.keys)`` when the caller has them."""
+        return self.combine(self.neighbours(emb, self.k, sims), self.k, self.bandwidth, self.prior_strength)
 
     @property
     def centroids(self) -> np.ndarray:
         return self._centroids
 
+    @property
+    def keys(self) -> np.ndarray:
+        """(R, D) float32 unit rows: the probe prompts the neighbours are searched among."""
+        return self._keys_f32
+
     def _nearest(self, q: np.ndarray) -> np.ndarray:
         return (self._centroid_sq[None, :] - 2.0 * (q @ self._centroids.T)).argmin(axis=1)  # (N,) nearest, Euclidean
 
-    def neighbours(self, emb: np.ndarray, k: int) -> Neighbours:
+    def neighbours(self, emb: np.ndarray, k: int, sims: np.ndarray | None = None) -> Neighbours:
         """The search part: nearest cluster and the k most similar labelled prompts per label group.
 
-        One exact similarity pass over every probe prompt; per group of models, a partial sort of the
-        prompts where they are labelled. The same code serves one gateway request and a batch row by
-        row, so evaluation and serving cannot disagree on neighbours."""
+        One exact similarity pass over every probe prompt (``sims``, when the caller has already made
+        it: ``similarities(emb, self.keys)``); per group of models, a partial sort of the prompts where
+        they are labelled. The same code serves one gateway request and a batch row by row, so
+        evaluation and serving cannot disagree on neighbours."""
         q = _unit(emb).astype(np.float32)
-        sims_all = q @ self._keys_f32.T  # (N, R)
+        sims_all = q @ self._keys_f32.T if sims is None else sims  # (N, R)
         found = []
         for rows, cols, labels in self._groups:
             s_g = sims_all if rows.size == sims_all.shape[1] else sims_all[:, rows]  # (N, R_g)
@@ -197,10 +211,15 @@ class NeighbourLengths:
                                 for j in range(self._tokens.shape[1])])
         return self
 
-    def predict(self, emb: np.ndarray) -> np.ndarray:
-        """(N, M) expected output tokens."""
-        q = _unit(np.atleast_2d(emb)).astype(np.float32)
-        sims = q @ self._keys.T  # (N, R)
+    @property
+    def keys(self) -> np.ndarray:
+        """(R, D) float32 unit rows: the training prompts whose answer lengths are averaged."""
+        return self._keys
+
+    def predict(self, emb: np.ndarray, sims: np.ndarray | None = None) -> np.ndarray:
+        """(N, M) expected output tokens; ``sims``: ``similarities(emb, self.keys)`` when the caller has them."""
+        if sims is None:
+            sims = similarities(emb, self._keys)  # (N, R)
         kk = min(self.k, sims.shape[1])
         idx = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]  # (N, kk)
         s = np.take_along_axis(sims, idx, axis=1).astype(np.float64)
