@@ -121,15 +121,16 @@ class KernelShrinkRouter:
         q = _unit(emb).astype(np.float32)
         sims_all = q @ self._keys_f32.T if sims is None else sims  # (N, R)
         found = []
+        at = np.arange(sims_all.shape[0])[:, None]  # (N, 1): row-wise gathers (take_along_axis, less overhead)
         for rows, cols, labels in self._groups:
             s_g = sims_all if rows.size == sims_all.shape[1] else sims_all[:, rows]  # (N, R_g)
             kk = min(k, rows.size)
             part = np.argpartition(-s_g, kk - 1, axis=1)[:, :kk] if kk < rows.size else \
                 np.broadcast_to(np.arange(rows.size), s_g.shape)  # (N, kk) the kk most similar, unordered
-            part_sims = np.take_along_axis(s_g, part, axis=1)
+            part_sims = s_g[at, part]
             o = np.argsort(-part_sims, axis=1, kind="stable")  # best first: ``combine`` may use a prefix
-            idx = rows[np.take_along_axis(part, o, axis=1)]  # (N, kk) probe-prompt indices
-            sims = np.take_along_axis(part_sims, o, axis=1).astype(np.float64)
+            idx = rows[part[at, o]]  # (N, kk) probe-prompt indices
+            sims = part_sims[at, o].astype(np.float64)
             found.append((cols, sims, labels[idx]))  # labels (N, kk, m)
         return Neighbours(self._cluster_acc[self._nearest(q)], found)
 
@@ -202,6 +203,8 @@ class NeighbourLengths:
     _keys: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32), repr=False)
     _tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     _prior: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    _seen: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool), repr=False)
+    _filled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)  # NaN -> 0
 
     def fit(self, emb: np.ndarray, tokens: np.ndarray) -> NeighbourLengths:
         self._keys = np.ascontiguousarray(_unit(emb), dtype=np.float32)
@@ -209,6 +212,7 @@ class NeighbourLengths:
         seen = np.isfinite(self._tokens)
         self._prior = np.array([self._tokens[seen[:, j], j].mean() if seen[:, j].any() else np.nan
                                 for j in range(self._tokens.shape[1])])
+        self._seen, self._filled = seen, np.where(seen, self._tokens, 0.0)  # per request: gathers, not masks
         return self
 
     @property
@@ -222,12 +226,10 @@ class NeighbourLengths:
             sims = similarities(emb, self._keys)  # (N, R)
         kk = min(self.k, sims.shape[1])
         idx = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]  # (N, kk)
-        s = np.take_along_axis(sims, idx, axis=1).astype(np.float64)
+        s = sims[np.arange(sims.shape[0])[:, None], idx].astype(np.float64)
         w = np.exp((s - s.max(axis=1, keepdims=True)) / self.bandwidth)
-        y = self._tokens[idx]  # (N, kk, M)
-        seen = np.isfinite(y)
-        w3 = np.where(seen, w[:, :, None], 0.0)
-        num = (w3 * np.where(seen, y, 0.0)).sum(axis=1) + self.prior_strength * self._prior[None, :]
+        w3 = np.where(self._seen[idx], w[:, :, None], 0.0)  # (N, kk, M)
+        num = (w3 * self._filled[idx]).sum(axis=1) + self.prior_strength * self._prior[None, :]
         return num / (w3.sum(axis=1) + self.prior_strength)
 
 
