@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,12 +124,14 @@ class KernelShrinkPolicy:
         probe prompts, when p̂'s search made them (``rank``)."""
         if self.lengths is None or any(c.cost_at is None for c in known):
             return np.array([c.cost for c in known])
-        tokens = self.lengths.predict(q, sims if self._shared_keys else None)[0]  # (M0,) the trained experts
-        per = [float(tokens[self._length_cols[c.expert]]) if c.expert in self._length_cols else np.nan for c in known]
-        finite = [t for t in per if np.isfinite(t)]
+        # (M0,) the trained experts, as Python floats: what follows is scalar work on a dozen candidates
+        tokens = self.lengths.predict(q, sims if self._shared_keys else None)[0].tolist()
+        cols = self._length_cols
+        per = [tokens[cols[c.expert]] if c.expert in cols else math.nan for c in known]
+        finite = [t for t in per if math.isfinite(t)]
         if len(finite) < len(per):  # only then is a typical length needed (np.median is ~20 µs)
             typical = float(np.median(finite)) if finite else float(np.nanmedian(tokens))
-            per = [t if np.isfinite(t) else typical for t in per]
+            per = [t if math.isfinite(t) else typical for t in per]
         return np.array([c.cost_at(t) for c, t in zip(known, per, strict=True) if c.cost_at is not None])
 
     def add_expert(self, name: str, descriptor: Descriptor) -> None:
@@ -184,7 +187,8 @@ class KernelShrinkPolicy:
             else:
                 scores = rule_scores(p, cost, self.lam(tradeoff))
                 idx = np.lexsort((cost, -scores))
-            order = [Scored(known[i].name, float(scores[i]), float(p[i]), float(cost[i])) for i in idx]
+            score_l, p_l, cost_l = scores.tolist(), p.tolist(), cost.tolist()  # Python floats, as float() gives
+            order = [Scored(known[i].name, score_l[i], p_l[i], cost_l[i]) for i in idx.tolist()]
         floor = min((s.score for s in order), default=0.0) - 1.0
         order += [Scored(c.name, floor - i, None, c.cost) for i, c in enumerate(unknown)]
         return Ranking(order=tuple(order), policy=self.name)
