@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ import numpy as np
 
 from router_core.encoder import ROUTING_TEXT_VERSION, encoder_spec, get_encoder, routing_text
 from router_core.graded import GRADED_PROBES_FILE, GradedProbes, build_graded_probes
-from router_core.pricing import answer_tokens, expected_tokens, list_prices, prompt_tokens, request_costs
+from router_core.pricing import answer_tokens, list_prices, prompt_tokens, request_costs
 from router_core.types import Candidate, Descriptor, DescriptorError, DescriptorSpec, Ranking, Scored, check_descriptor
 from router_core.variants import (
     KernelShrinkRouter,
@@ -43,6 +44,7 @@ from router_core.variants import (
     random_folds,
     select_hyperparams,
     select_length_params,
+    similarities,
 )
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,6 @@ class KernelShrinkPolicy:
     """``RoutingPolicy`` over a fitted ``KernelShrinkRouter``."""
 
     name = VARIANT
-    blocking = False  # one similarity pass and a partial sort: ~1 ms
 
     def __init__(self, router: KernelShrinkRouter, experts: list[str], lam_table: list[float], encoder: str,
                  embeddings: np.ndarray, labels: np.ndarray, observed: np.ndarray,
@@ -80,11 +81,14 @@ class KernelShrinkPolicy:
         self.lam_table = np.asarray(lam_table, dtype=np.float64)
         self._lam_grid = np.linspace(0.0, 1.0, len(self.lam_table))
         self.encoder = get_encoder(encoder)
+        # the search and the rule are ~0.5 ms: on the gateway's event loop unless the encoder is slow
+        self.blocking = not encoder_spec(encoder).inline
         self._emb, self._labels, self._observed = embeddings, labels, observed
         self.graded = graded  # the gradable probes shipped with the artifact (onboarding by probing)
         self._graded_file = graded_file
         self.lengths = lengths  # expected answer lengths per trained expert (None: rank on Candidate.cost)
         self._length_cols = {e: j for j, e in enumerate(experts)}
+        self._shared_keys = self._same_keys()
 
     @property
     def descriptor_spec(self) -> DescriptorSpec:
@@ -94,6 +98,11 @@ class KernelShrinkPolicy:
             return self.graded.spec(self._graded_file)
         return DescriptorSpec("graded", f"probes-n{self._labels.shape[0]}", "letter-v1",
                               settings={"answer_format": "letter", "probes": int(self._labels.shape[0])})
+
+    def _same_keys(self) -> bool:
+        """Whether the answer lengths are searched among the same probe prompts as p̂ (they are when
+        both are fitted on the artifact's embeddings): then one similarity pass serves both."""
+        return self.lengths is not None and np.array_equal(self.lengths.keys, self.router.keys)
 
     def lam(self, tradeoff: float) -> float:
         t = float(min(max(tradeoff, 0.0), 1.0))
@@ -106,16 +115,24 @@ class KernelShrinkPolicy:
     def _embed(self, prompt: str) -> np.ndarray:
         return self.encoder.encode(routing_text(prompt))[None, :]  # (1, D)
 
-    def expected_costs(self, q: np.ndarray, known: Sequence[Candidate]) -> np.ndarray:
+    def expected_costs(self, q: np.ndarray, known: Sequence[Candidate], sims: np.ndarray | None = None) -> np.ndarray:
         """(K,) USD the rule ranks on: each candidate priced (``Candidate.cost_at``) at the answer
-        length its model gave the prompts nearest ``q`` (``pricing.expected_tokens``: a model without
-        recorded lengths, added by descriptor, at the median of the others'). ``Candidate.cost`` when the artifact
-        has no lengths or the gateway gave no pricing callback."""
+        length its model gave the prompts nearest ``q``; a model without recorded lengths (added by
+        descriptor) at the median of the others' for this prompt. ``Candidate.cost`` when the artifact
+        has no lengths or the gateway gave no pricing callback. ``sims``: ``q``'s similarities to the
+        probe prompts, when p̂'s search made them (``rank``)."""
         if self.lengths is None or any(c.cost_at is None for c in known):
             return np.array([c.cost for c in known])
-        cols = [self._length_cols.get(c.expert) if c.expert is not None else None for c in known]
-        tokens = expected_tokens(self.lengths, q, cols)[0]  # (K,)
-        return np.array([c.cost_at(float(t)) for c, t in zip(known, tokens, strict=True) if c.cost_at is not None])
+        # (M0,) the trained experts, as Python floats: what follows is scalar work on a dozen candidates;
+        # the same rule as pricing.expected_tokens (the batch path), which tests/test_pricing.py checks it against
+        tokens = self.lengths.predict(q, sims if self._shared_keys else None)[0].tolist()
+        cols = self._length_cols
+        per = [tokens[cols[c.expert]] if c.expert in cols else math.nan for c in known]
+        finite = [t for t in per if math.isfinite(t)]
+        if len(finite) < len(per):  # only then is a typical length needed (np.median is ~20 µs)
+            typical = float(np.median(finite)) if finite else float(np.nanmedian(tokens))
+            per = [t if math.isfinite(t) else typical for t in per]
+        return np.array([c.cost_at(t) for c, t in zip(known, per, strict=True) if c.cost_at is not None])
 
     def add_expert(self, name: str, descriptor: Descriptor) -> None:
         """A new (or replaced) model from its graded answers on the probe prompts (NaN = unknown);
@@ -149,6 +166,7 @@ class KernelShrinkPolicy:
         router.fit(self._emb, labels, observed, centroids=self.router.centroids)
         # swap whole objects: a concurrent rank sees the old pool or the new one, never a mix
         self.router, self._labels, self._observed, self.experts = router, labels, observed, experts
+        self._shared_keys = self._same_keys()
 
     def rank(self, prompt: str, candidates: Sequence[Candidate], tradeoff: float) -> Ranking:
         pos = {n: i for i, n in enumerate(self.experts)}
@@ -158,16 +176,19 @@ class KernelShrinkPolicy:
         order: list[Scored] = []
         if known:
             q = self._embed(prompt)
-            p_all = self.router.predict(q)[0]
+            router = self.router  # one pool for the whole decision (``add_answers`` swaps it)
+            sims = similarities(q, router.keys)  # (1, R): one pass for p̂ and the answer lengths
+            p_all = router.predict(q, sims)[0]
             p = np.array([p_all[pos[c.expert]] for c in known if c.expert is not None])  # (K,)
-            cost = self.expected_costs(q, known)
+            cost = self.expected_costs(q, known, sims)
             if tradeoff >= 1.0:  # cheapest outright, the likelier-right first among equals
                 idx = np.lexsort((-p, cost))
                 scores = -cost
             else:
                 scores = rule_scores(p, cost, self.lam(tradeoff))
                 idx = np.lexsort((cost, -scores))
-            order = [Scored(known[i].name, float(scores[i]), float(p[i]), float(cost[i])) for i in idx]
+            score_l, p_l, cost_l = scores.tolist(), p.tolist(), cost.tolist()  # Python floats, as float() gives
+            order = [Scored(known[i].name, score_l[i], p_l[i], cost_l[i]) for i in idx.tolist()]
         floor = min((s.score for s in order), default=0.0) - 1.0
         order += [Scored(c.name, floor - i, None, c.cost) for i, c in enumerate(unknown)]
         return Ranking(order=tuple(order), policy=self.name)

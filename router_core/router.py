@@ -30,7 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
-from router_core.encoder import CHECK_TEXT, ROUTING_TEXT_VERSION, get_encoder, routing_text
+from router_core.encoder import CHECK_TEXT, ROUTING_TEXT_VERSION, encoder_spec, get_encoder, routing_text
 from router_core.index import ExpertIndex
 from router_core.model import RouterArtifact, numpy_head, numpy_key_map
 from router_core.paths import artifacts_dir
@@ -175,7 +175,6 @@ class CSCRRouter:
     """
 
     name = "cscr"
-    blocking = False  # encoder + a FAISS search over a handful of keys: ~1 ms
 
     def __init__(
         self,
@@ -197,6 +196,8 @@ class CSCRRouter:
         self._lam_table = np.asarray(table, dtype=np.float64) if table else None
         self._lam_grid = np.linspace(0.0, 1.0, len(table)) if table else None
         self.encoder: TextEncoder = get_encoder(cfg.encoder) if encoder is None else encoder
+        # head + a search over a handful of keys: ~0.1 ms, so the artifact's encoder decides
+        self.blocking = not encoder_spec(cfg.encoder).inline
         self._weights = artifact.weights
         self._check_encoder()
         self.index = ExpertIndex(artifact.experts, artifact.expert_keys)

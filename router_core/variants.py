@@ -45,6 +45,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def similarities(emb: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """(N, R) cosine of each query to each probe prompt: unit float32 queries against the unit float32
+    ``keys`` (``KernelShrinkRouter.keys``, ``NeighbourLengths.keys``). Computed once per request
+    when both models search the same probe prompts (``sims=`` of their ``predict``)."""
+    return _unit(np.atleast_2d(emb)).astype(np.float32) @ keys.T
+
+
 @dataclass
 class KernelShrinkRouter:
     """p̂ from kernel-weighted probe neighbours shrunk toward the prompt cluster's accuracy."""
@@ -88,34 +95,42 @@ class KernelShrinkRouter:
         self._keys_f32 = np.ascontiguousarray(self._keys, dtype=np.float32)
         self._groups = [(rows, cols, self._labels[:, cols]) for rows, cols in label_groups(self._observed)]
 
-    def predict(self, emb: np.ndarray) -> np.ndarray:
-        return self.combine(self.neighbours(emb, self.k), self.k, self.bandwidth, self.prior_strength)
+    def predict(self, emb: np.ndarray, sims: np.ndarray | None = None) -> np.ndarray:
+        """(N, M) p̂; ``sims``: ``similarities(emb, self.keys)`` when the caller has them."""
+        return self.combine(self.neighbours(emb, self.k, sims), self.k, self.bandwidth, self.prior_strength)
 
     @property
     def centroids(self) -> np.ndarray:
         return self._centroids
 
+    @property
+    def keys(self) -> np.ndarray:
+        """(R, D) float32 unit rows: the probe prompts the neighbours are searched among."""
+        return self._keys_f32
+
     def _nearest(self, q: np.ndarray) -> np.ndarray:
         return (self._centroid_sq[None, :] - 2.0 * (q @ self._centroids.T)).argmin(axis=1)  # (N,) nearest, Euclidean
 
-    def neighbours(self, emb: np.ndarray, k: int) -> Neighbours:
+    def neighbours(self, emb: np.ndarray, k: int, sims: np.ndarray | None = None) -> Neighbours:
         """The search part: nearest cluster and the k most similar labelled prompts per label group.
 
-        One exact similarity pass over every probe prompt; per group of models, a partial sort of the
-        prompts where they are labelled. The same code serves one gateway request and a batch row by
-        row, so evaluation and serving cannot disagree on neighbours."""
+        One exact similarity pass over every probe prompt (``sims``, when the caller has already made
+        it: ``similarities(emb, self.keys)``); per group of models, a partial sort of the prompts where
+        they are labelled. The same code serves one gateway request and a batch row by row, so
+        evaluation and serving cannot disagree on neighbours."""
         q = _unit(emb).astype(np.float32)
-        sims_all = q @ self._keys_f32.T  # (N, R)
+        sims_all = q @ self._keys_f32.T if sims is None else sims  # (N, R)
         found = []
+        at = np.arange(sims_all.shape[0])[:, None]  # (N, 1): row-wise gathers (take_along_axis, less overhead)
         for rows, cols, labels in self._groups:
             s_g = sims_all if rows.size == sims_all.shape[1] else sims_all[:, rows]  # (N, R_g)
             kk = min(k, rows.size)
             part = np.argpartition(-s_g, kk - 1, axis=1)[:, :kk] if kk < rows.size else \
                 np.broadcast_to(np.arange(rows.size), s_g.shape)  # (N, kk) the kk most similar, unordered
-            part_sims = np.take_along_axis(s_g, part, axis=1)
+            part_sims = s_g[at, part]
             o = np.argsort(-part_sims, axis=1, kind="stable")  # best first: ``combine`` may use a prefix
-            idx = rows[np.take_along_axis(part, o, axis=1)]  # (N, kk) probe-prompt indices
-            sims = np.take_along_axis(part_sims, o, axis=1).astype(np.float64)
+            idx = rows[part[at, o]]  # (N, kk) probe-prompt indices
+            sims = part_sims[at, o].astype(np.float64)
             found.append((cols, sims, labels[idx]))  # labels (N, kk, m)
         return Neighbours(self._cluster_acc[self._nearest(q)], found)
 
@@ -177,6 +192,8 @@ class NeighbourLengths:
     _keys: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32), repr=False)
     _tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     _prior: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    _seen: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool), repr=False)
+    _filled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)  # NaN -> 0
 
     def fit(self, emb: np.ndarray, tokens: np.ndarray) -> NeighbourLengths:
         self._keys = np.ascontiguousarray(_unit(emb), dtype=np.float32)
@@ -184,20 +201,24 @@ class NeighbourLengths:
         seen = np.isfinite(self._tokens)
         self._prior = np.array([self._tokens[seen[:, j], j].mean() if seen[:, j].any() else np.nan
                                 for j in range(self._tokens.shape[1])])
+        self._seen, self._filled = seen, np.where(seen, self._tokens, 0.0)  # per request: gathers, not masks
         return self
 
-    def predict(self, emb: np.ndarray) -> np.ndarray:
-        """(N, M) expected output tokens."""
-        q = _unit(np.atleast_2d(emb)).astype(np.float32)
-        sims = q @ self._keys.T  # (N, R)
+    @property
+    def keys(self) -> np.ndarray:
+        """(R, D) float32 unit rows: the training prompts whose answer lengths are averaged."""
+        return self._keys
+
+    def predict(self, emb: np.ndarray, sims: np.ndarray | None = None) -> np.ndarray:
+        """(N, M) expected output tokens; ``sims``: ``similarities(emb, self.keys)`` when the caller has them."""
+        if sims is None:
+            sims = similarities(emb, self._keys)  # (N, R)
         kk = min(self.k, sims.shape[1])
         idx = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]  # (N, kk)
-        s = np.take_along_axis(sims, idx, axis=1).astype(np.float64)
+        s = sims[np.arange(sims.shape[0])[:, None], idx].astype(np.float64)
         w = np.exp((s - s.max(axis=1, keepdims=True)) / self.bandwidth)
-        y = self._tokens[idx]  # (N, kk, M)
-        seen = np.isfinite(y)
-        w3 = np.where(seen, w[:, :, None], 0.0)
-        num = (w3 * np.where(seen, y, 0.0)).sum(axis=1) + self.prior_strength * self._prior[None, :]
+        w3 = np.where(self._seen[idx], w[:, :, None], 0.0)  # (N, kk, M)
+        num = (w3 * self._filled[idx]).sum(axis=1) + self.prior_strength * self._prior[None, :]
         return num / (w3.sum(axis=1) + self.prior_strength)
 
 
