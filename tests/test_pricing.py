@@ -62,3 +62,31 @@ def test_expected_costs_price_expected_lengths_at_list_prices() -> None:
     got = expected_costs(lengths, np.array([[1.0, 0.0]]), prompts, [GPT4, MISTRAL])
     want = request_costs(prompt_tokens(prompts), np.array([[400.0, 10.0]]), [GPT4, MISTRAL])
     assert got == pytest.approx(want, rel=0.01)
+
+
+def test_the_served_policy_prices_like_the_batch_path() -> None:
+    """``KernelShrinkPolicy.expected_costs`` (the per-request scalar path) equals
+    ``pricing.expected_costs`` (evaluations, calibrate) on the bundled artifact, including a
+    candidate added by descriptor (no recorded lengths: median of the others)."""
+    from router_core.encoder import routing_text
+    from router_core.kernel_policy import load_policy
+    from router_core.paths import artifacts_dir
+    from router_core.types import Candidate
+
+    policy = load_policy(artifacts_dir() / "default-kernel-shrink")
+    assert policy.lengths is not None
+    experts = [GPT4, MISTRAL, "claude-v2", "somebody/new-model"]
+    prices = {GPT4: (10.0, 30.0), MISTRAL: (0.2, 0.2), "claude-v2": (8.0, 24.0), "somebody/new-model": (1.0, 3.0)}
+    for prompt in ["What is the capital of France?", "Write a Python function that merges two sorted lists. " * 8]:
+        tok = len(prompt) / 4.0
+
+        def at(e: str, tok: float = tok) -> Candidate:
+            pin, pout = prices[e]
+            return Candidate(e, e, (tok * pin + 512 * pout) / 1e6, lambda t: (tok * pin + t * pout) / 1e6)
+
+        q = policy.encoder.encode(routing_text(prompt))[None, :]
+        served = policy.expected_costs(q, [at(e) for e in experts])
+        cols = [policy.experts.index(e) if e in policy.experts else None for e in experts]
+        batch_tokens = expected_tokens(policy.lengths, q, cols)[0]
+        batch = np.array([at(e).cost_at(n) for e, n in zip(experts, batch_tokens, strict=True)])  # type: ignore[misc]
+        assert served == pytest.approx(batch, rel=1e-9)
