@@ -241,9 +241,75 @@ def graded_onboarding_table(root: Path) -> str:
             f"`{r['command']}`; `{ablation['command']}`.\n")
 
 
+# --- out of distribution (router_core/ood_eval.py) ---------------------------------------------
+
+OOD_ROUTERS = [("oracle", "oracle"), ("kernel-shrink", "kernel-shrink (recipe before)"),
+               ("kernel-shrink+fallback", "+ distance-aware prior"), ("kernel-shrink+task-cv", "+ leave-task-out CV"),
+               ("kmeans", "K-means"), ("knn", "k-NN"), ("single-frontier", "always one model")]
+
+
+def _diff(d: dict[str, float]) -> str:
+    mark = "**" if d["lo"] > 0 or d["hi"] < 0 else ""  # the interval excludes 0
+    return f"{mark}{d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]{mark}"
+
+
+def ood_table(root: Path) -> str:
+    r = load(root, "ood/results.json")
+    shifts = r["shifts"]
+    rows = ["| shift (train → test) | test prompts, models | " + " | ".join(label for _, label in OOD_ROUTERS)
+            + " |", "|---|---|" + "---|" * len(OOD_ROUTERS)]
+    for name, s in shifts.items():
+        cells = [interval(s["results"][k]["audc"]) if k.startswith("kernel-shrink") or k == "kmeans"
+                 else f"{s['results'][k]['audc']['value']:.3f}" for k, _ in OOD_ROUTERS]
+        rows.append(f"| `{name}` {s['description']} | {s['test_prompts']:,}, {s['models']} | "
+                    + " | ".join(cells) + " |")
+    pairs = list(next(iter(shifts.values()))["paired_audc"])
+    rows += ["", "Paired AUDC differences, 95% bootstrap intervals (bold: the interval excludes 0):", "",
+             "| shift | " + " | ".join(p.replace(" - ", " − ") for p in pairs) + " |", "|---|" + "---|" * len(pairs)]
+    rows += [f"| `{name}` | " + " | ".join(_diff(s["paired_audc"][p]) for p in pairs) + " |"
+             for name, s in shifts.items()]
+    keys = list(next(iter(shifts.values()))["diagnostics"])
+    rows += ["", "Why (kernel-shrink as before; the served rule on each ingredient of p̂ alone):", "",
+             "| shift | median top-1 similarity | median kernel share W/(W+m) | AUDC: kernel only | cluster prior only "
+             "| overall accuracy only | k, h, m chosen by CV |", "|---|---|---|---|---|---|---|"]
+    for name, s in shifts.items():
+        d, hp = s["diagnostics"], s["hyperparameters kernel-shrink"]
+        rows.append(f"| `{name}` | " + " | ".join(f"{d[k]:.3f}" for k in keys)
+                    + f" | {hp['k']:g}, {hp['bandwidth']:g}, {hp['prior_strength']:g} |")
+    rows += ["", "Selection rule (shifts a–c and the in-distribution sets outside MMLU-Pro; MMLU-Pro's d "
+             "shifts only confirm):", ""]
+    for v in r["verdicts"]:
+        rows.append(f"- `{v['candidate']}`: **{'wins' if v['wins'] else 'does not win'}**. Mean difference to "
+                    f"kernel-shrink {v['mean_ood_difference']:+.4f} out of distribution, "
+                    f"{v['mean_id_difference']:+.4f} in distribution; intervals above 0 on "
+                    f"{', '.join(v['significantly_better']) or 'none'}, below 0 on "
+                    f"{', '.join(v['significantly_worse']) or 'none'}. Confirmation on MMLU-Pro's held-out "
+                    f"categories (d): mean "
+                    f"{v['confirmation_mean_ood_difference']:+.4f}, above 0 on "
+                    f"{', '.join(v['confirmation_significantly_better']) or 'none'}, below 0 on "
+                    f"{', '.join(v['confirmation_significantly_worse']) or 'none'}.")
+    return ("\n".join(rows) + f"\n\nAUDC, {r['encoder']} encoder, {r['bootstrap']} bootstrap resamples; default "
+            f"recipe now: `{r['default_recipe']}`. `{r['command']}`.\n")
+
+
+def ood_summary(root: Path) -> str:
+    r = load(root, "ood/results.json")
+    shifts = {n: s for n, s in r["shifts"].items() if s["kind"] == "ood"}
+    new = r["default_recipe"]
+    rows = ["| shift (train → test) | kernel-shrink (before) | default now | K-means | always one model |",
+            "|---|---|---|---|---|"]
+    for name, s in shifts.items():
+        a = {k: s["results"][k]["audc"]["value"] for k in ("kernel-shrink", new, "kmeans", "single-frontier")}
+        label = re.split(r":|, \d+ (?:shared )?models", s["description"])[0]
+        rows.append(f"| `{name}` {label} | {a['kernel-shrink']:.3f} | {a[new]:.3f} | "
+                    f"{a['kmeans']:.3f} | {a['single-frontier']:.3f} |")
+    return "\n".join(rows) + f"\n\nAUDC on prompts unlike the training set; default recipe now: `{new}`.\n"
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "perf": perf_table, "gateway-bench": gateway_bench_full, "scale": scale_table,
     "routing": routing_table, "default-router": default_router_table, "graded-onboarding": graded_onboarding_table,
+    "ood": ood_table, "ood-summary": ood_summary,
 }
 
 

@@ -161,8 +161,7 @@ class KernelShrinkPolicy:
             labels = np.concatenate([labels, np.where(seen, answers, 0.0)[:, None]], axis=1)
             observed = np.concatenate([observed, seen[:, None]], axis=1)
             experts = [*self.experts, name]
-        router = KernelShrinkRouter(k=self.router.k, bandwidth=self.router.bandwidth,
-                                    prior_strength=self.router.prior_strength, seed=self.router.seed)
+        router = self.router.unfitted()
         router.fit(self._emb, labels, observed, centroids=self.router.centroids)
         # swap whole objects: a concurrent rank sees the old pool or the new one, never a mix
         self.router, self._labels, self._observed, self.experts = router, labels, observed, experts
@@ -256,8 +255,7 @@ def cross_fitted(router: KernelShrinkRouter, emb: np.ndarray, quality: np.ndarra
     fold = random_folds(emb.shape[0], folds, router.seed)
     out = np.zeros(quality.shape)
     for f in range(folds):
-        r = KernelShrinkRouter(k=router.k, bandwidth=router.bandwidth, prior_strength=router.prior_strength,
-                               seed=router.seed)
+        r = router.unfitted()
         r.fit(emb[fold != f], quality[fold != f], observed[fold != f])
         out[fold == f] = r.predict(emb[fold == f])
     return out
@@ -276,11 +274,14 @@ def cross_fitted_lengths(params: dict[str, float], emb: np.ndarray, tokens: np.n
 
 
 def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int = 0, fit_on: str = "train",
-          answer_lengths: bool = True, max_prompts: int | None = None) -> Path:
+          answer_lengths: bool = True, max_prompts: int | None = None, fallback: bool = True) -> Path:
     """Fit on the benchmark's training split (``fit_on="all"``: every labelled prompt) and write
     the artifact directory. ``answer_lengths``: ship each model's recorded answer lengths, so the
     rule ranks on expected cost (``NeighbourLengths``); the trade-off table is then made on the
-    same expected costs (cross-fitted)."""
+    same expected costs (cross-fitted). ``max_prompts``: a seeded random subset of those prompts (a
+    quick artifact for smoke tests, not one to serve). ``fallback``: the distance-aware prior
+    (``select_hyperparams``), on by default since the out-of-distribution evaluation
+    (``router_core.ood_eval``)."""
     from router_core.data import load_benchmark, versions_of
     from router_core.encoder import embed_prompts
 
@@ -294,7 +295,7 @@ def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int =
     emb = embed_prompts(train.prompts, encoder, progress=True)
     observed = ~train.missing if train.missing is not None else np.ones(train.quality.shape, dtype=bool)
     lengths = np.array([len(p) for p in train.prompts], dtype=np.float64)
-    hp = select_hyperparams(emb, train.quality, train.cost, lengths, observed, seed=seed)
+    hp = select_hyperparams(emb, train.quality, train.cost, lengths, observed, seed=seed, fallback=fallback)
     router = KernelShrinkRouter.from_hyperparams(hp, seed)
     router.fit(emb, train.quality, observed)
     cost_model = LengthCostModel().fit(lengths, train.cost)
@@ -362,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the training split only (for numbers on the test split) or every labelled prompt")
     parser.add_argument("--encoder", default="static-minilm")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-fallback", action="store_true",
+                        help="no distance-aware prior (fallback_strength 0): a prompt unlike every probe prompt takes "
+                        "its nearest cluster's accuracy, as before (docs/EVALUATION.md, 'Out of distribution')")
     parser.add_argument("--no-answer-lengths", action="store_true",
                         help="rank on the gateway's cost bound, not on expected cost from recorded answer lengths")
     parser.add_argument("--max-prompts", type=int, default=None,
@@ -370,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     build(args.benchmark, args.out, args.encoder, args.seed, args.fit_on, not args.no_answer_lengths,
-          args.max_prompts)
+          args.max_prompts, not args.no_fallback)
     return 0
 
 

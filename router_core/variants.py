@@ -11,19 +11,25 @@ What it reads, what it knows, and how it combines them:
 - **Combines** them as a hierarchical (empirical-Bayes) estimate of each model's chance of being
   right on this prompt:
 
-      p̂_j(x) = (Σ_i w_i(x) y_ij + m · a_j(cluster(x))) / (Σ_i w_i(x) + m)
+      p̂_j(x) = (Σ_i w_i(x) y_ij + m · π_j(x)) / (Σ_i w_i(x) + m)
+      π_j(x)  = (W(x) · a_j(cluster(x)) + m_g · ā_j) / (W(x) + m_g),   W(x) = Σ_i w_i(x)
       a_j(c)  = (Σ_{i∈c} y_ij + m_c · ā_j) / (n_c + m_c)
 
   with w_i(x) = exp((s_i − 1)/h) over the k most similar probe prompts (cosine s_i, FAISS),
   a_j(c) the model's accuracy in the prompt's K-means cluster shrunk toward its overall accuracy
-  ā_j. Written out, p̂_j(x) is an inner product between a query vector (the normalised kernel
-  weights over probe prompts, plus the cluster indicator) and the model's key (its probe answers
-  and cluster accuracies): the CSCR shape, score = ⟨query, key_j⟩, searched with FAISS.
+  ā_j. The prior π_j(x) is distance-aware (``fallback_strength`` m_g > 0): the cluster estimate
+  weighs as much as the kernel's mass W(x), so a prompt unlike every training prompt (little mass)
+  falls back to the model's overall accuracy instead of the accuracy of whichever cluster happens
+  to be nearest, usually one of another task (docs/EVALUATION.md, "Out of distribution"). With
+  m_g = 0, π_j(x) = a_j(cluster(x)), the recipe before. Written out, p̂_j(x) is an inner product
+  between a query vector (the normalised kernel weights over probe prompts, plus the cluster
+  indicator) and the model's key (its probe answers and cluster accuracies): the CSCR shape,
+  score = ⟨query, key_j⟩, searched with FAISS.
 
 - **Costs** per prompt: ĉ_ij = a_j + b_j · len(prompt), least squares per model on the training
   prompts (input cost scales with length; output cost is the model's typical answer).
 
-The route is the shared rule argmax_j p̂_ij − λ·ĉ_ij. Hyperparameters (k, h, m) are chosen by
+The route is the shared rule argmax_j p̂_ij − λ·ĉ_ij. Hyperparameters (k, h, m, m_g) are chosen by
 K-fold cross-validation on the training prompts only (AUDC on the held-out folds), never on test.
 """
 
@@ -63,11 +69,13 @@ class KernelShrinkRouter:
     n_clusters: int = 20
     seed: int = 0
     name: str = "ours"
+    fallback_strength: float = 0.0  # m_g: pseudo-prompts of the overall accuracy in the prior; 0 = off
     _keys: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     _labels: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     _observed: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool), repr=False)
     _centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     _cluster_acc: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
+    _overall: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # (M,) ā_j
     _keys_f32: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32), repr=False)
     # (rows, cols, labels of those cols) per group of models labelled on the same prompts
     _groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
@@ -75,9 +83,17 @@ class KernelShrinkRouter:
 
     @classmethod
     def from_hyperparams(cls, hp: dict[str, float], seed: int = 0) -> KernelShrinkRouter:
-        """A router with (k, bandwidth, prior_strength) as :func:`select_hyperparams` returns them."""
+        """A router with (k, bandwidth, prior_strength[, fallback_strength]) as :func:`select_hyperparams`
+        returns them (an artifact without ``fallback_strength`` predates it: 0, off)."""
         k, h, m = int(hp["k"]), float(hp["bandwidth"]), float(hp["prior_strength"])
-        return cls(k=k, bandwidth=h, prior_strength=m, seed=seed)
+        g = float(hp.get("fallback_strength", 0.0))
+        return cls(k=k, bandwidth=h, prior_strength=m, seed=seed, fallback_strength=g)
+
+    def unfitted(self) -> KernelShrinkRouter:
+        """A router with the same hyperparameters and nothing fitted (refits on other labels)."""
+        return type(self)(k=self.k, bandwidth=self.bandwidth, prior_strength=self.prior_strength,
+                          cluster_strength=self.cluster_strength, n_clusters=self.n_clusters, seed=self.seed,
+                          name=self.name, fallback_strength=self.fallback_strength)
 
     def fit(self, emb: np.ndarray, quality: np.ndarray, observed: np.ndarray | None = None,
             centroids: np.ndarray | None = None) -> None:
@@ -92,12 +108,14 @@ class KernelShrinkRouter:
         self._centroid_sq = (self._centroids**2).sum(axis=1)  # (C,)
         labels = self._nearest(self._keys)
         self._cluster_acc = cluster_means(labels, quality, self.n_clusters, self._observed, self.cluster_strength)
+        self._overall = np.where(self._observed, quality, 0.0).sum(axis=0) / np.maximum(self._observed.sum(axis=0), 1)
         self._keys_f32 = np.ascontiguousarray(self._keys, dtype=np.float32)
         self._groups = [(rows, cols, self._labels[:, cols]) for rows, cols in label_groups(self._observed)]
 
     def predict(self, emb: np.ndarray, sims: np.ndarray | None = None) -> np.ndarray:
         """(N, M) p̂; ``sims``: ``similarities(emb, self.keys)`` when the caller has them."""
-        return self.combine(self.neighbours(emb, self.k, sims), self.k, self.bandwidth, self.prior_strength)
+        return self.combine(self.neighbours(emb, self.k, sims), self.k, self.bandwidth, self.prior_strength,
+                            self.fallback_strength)
 
     @property
     def centroids(self) -> np.ndarray:
@@ -132,19 +150,26 @@ class KernelShrinkRouter:
             idx = rows[part[at, o]]  # (N, kk) probe-prompt indices
             sims = part_sims[at, o].astype(np.float64)
             found.append((cols, sims, labels[idx]))  # labels (N, kk, m)
-        return Neighbours(self._cluster_acc[self._nearest(q)], found)
+        return Neighbours(self._cluster_acc[self._nearest(q)], found, self._overall)
 
     @staticmethod
-    def combine(nb: Neighbours, k: int, bandwidth: float, prior_strength: float) -> np.ndarray:
+    def combine(nb: Neighbours, k: int, bandwidth: float, prior_strength: float,
+                fallback_strength: float = 0.0) -> np.ndarray:
         """p̂ (N, M) from neighbours: kernel-weighted labels plus ``prior_strength`` pseudo-prompts at
-        the cluster estimate. Only the first ``k`` neighbours are used."""
+        the prior. Only the first ``k`` neighbours are used. The prior is the cluster estimate, or with
+        ``fallback_strength`` m_g > 0 the cluster estimate and the overall accuracy weighted W : m_g,
+        W the kernel mass (module docstring)."""
         out = np.zeros_like(nb.prior)
         for cols, sims, y in nb.groups:
             # absolute similarity: a prompt with no close neighbour keeps little kernel mass and falls back
-            # to its cluster estimate (weights relative to the best neighbour lost 0.028 AUDC out of domain)
+            # to its prior (weights relative to the best neighbour lost 0.028 AUDC out of domain)
             w = np.exp((sims[:, :k] - 1.0) / bandwidth)  # (N, k), an identical prompt weighs 1
-            num = np.einsum("nk,nkm->nm", w, y[:, :k]) + prior_strength * nb.prior[:, cols]
-            out[:, cols] = num / (w.sum(axis=1, keepdims=True) + prior_strength)
+            mass = w.sum(axis=1, keepdims=True)  # (N, 1)
+            prior = nb.prior[:, cols]  # (N, m)
+            if fallback_strength > 0:  # far from every probe prompt, its nearest cluster says no more
+                prior = (mass * prior + fallback_strength * nb.overall[None, cols]) / (mass + fallback_strength)
+            num = np.einsum("nk,nkm->nm", w, y[:, :k]) + prior_strength * prior
+            out[:, cols] = num / (mass + prior_strength)
         return out
 
 
@@ -152,6 +177,7 @@ class KernelShrinkRouter:
 class Neighbours:
     prior: np.ndarray  # (N, M) cluster estimate a_j(cluster(x))
     groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (model cols, sims (N, k), labels (N, k, m))
+    overall: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (M,) overall accuracy ā_j
 
 
 @dataclass
@@ -246,6 +272,9 @@ def random_folds(n: int, folds: int, seed: int = 0) -> np.ndarray:
 
 
 GRID = {"k": (100, 400), "bandwidth": (0.05, 0.1, 0.2), "prior_strength": (0.5, 2.0, 5.0, 20.0, 50.0)}
+# m_g of the distance-aware prior when it is on; in domain the kernel mass dwarfs it, so CV barely
+# tells these apart, and none of them is 0: CV cannot see the prompts it protects (docs/EVALUATION.md)
+FALLBACK_GRID = (0.1, 1.0, 5.0)
 
 
 def select_hyperparams(
@@ -257,15 +286,18 @@ def select_hyperparams(
     folds: int = 4,
     seed: int = 0,
     groups: np.ndarray | None = None,
+    fallback: bool = True,
 ) -> dict[str, float]:
-    """(k, bandwidth, prior_strength) maximising mean held-out-fold AUDC on the training prompts.
+    """(k, bandwidth, prior_strength, fallback_strength) maximising mean held-out-fold AUDC on the
+    training prompts.
 
-    With ``groups`` (e.g. the subject of each prompt), folds hold out whole groups: the choice is
-    then made for prompts unlike any training prompt, which is what an out-of-distribution test
-    asks of the router. Otherwise folds are random.
+    With ``groups`` (e.g. the subject of each prompt; at least two), folds hold out whole groups: the
+    choice is then made for prompts unlike any training prompt, which is what an out-of-distribution
+    test asks of the router. Otherwise folds are random. ``fallback``: the distance-aware prior
+    (``KernelShrinkRouter.fallback_strength`` from ``FALLBACK_GRID``); off: fallback_strength 0.
     """
     n = emb.shape[0]
-    if groups is None:
+    if groups is None or len(np.unique(groups)) < 2:
         fold = random_folds(n, folds, seed)
     else:
         names = np.unique(groups)
@@ -285,15 +317,18 @@ def select_hyperparams(
         r = KernelShrinkRouter(seed=seed)
         r.fit(emb[tr], quality[tr], obs[tr])
         nb = r.neighbours(emb[va], int(max(GRID["k"])))  # one search per fold, sliced per k
-        for k, h, m in itertools.product(GRID["k"], GRID["bandwidth"], GRID["prior_strength"]):
-            p_hat = r.combine(nb, int(k), h, m)
+        for k, h, m, g in itertools.product(GRID["k"], GRID["bandwidth"], GRID["prior_strength"],
+                                            FALLBACK_GRID if fallback else (0.0,)):
+            p_hat = r.combine(nb, int(k), h, m, g)
             ch = sweep(p_hat, c_hat, LAMBDAS)
             s = curve_stats(*curve_points(ch, quality[va], cost[va]), grid)
-            scores.setdefault((k, h, m), []).append(s.audc)
+            scores.setdefault((k, h, m, g), []).append(s.audc)
     if not scores:  # too few fully labelled rows to validate on: the defaults
         logger.warning("kernel-shrink CV: too few labelled rows, using defaults")
         d = KernelShrinkRouter()
-        return {"k": d.k, "bandwidth": d.bandwidth, "prior_strength": d.prior_strength}
+        hp = {"k": d.k, "bandwidth": d.bandwidth, "prior_strength": d.prior_strength}
+        return {**hp, "fallback_strength": FALLBACK_GRID[1]} if fallback else hp
     best = max(scores, key=lambda key: float(np.mean(scores[key])))
     logger.info("kernel-shrink CV: best %s AUDC %.4f", best, np.mean(scores[best]))
-    return {"k": best[0], "bandwidth": best[1], "prior_strength": best[2]}
+    hp = {"k": best[0], "bandwidth": best[1], "prior_strength": best[2]}
+    return {**hp, "fallback_strength": best[3]} if fallback else hp
