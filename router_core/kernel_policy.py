@@ -344,7 +344,7 @@ def load_policy(path: Path, top_k: int | None = None) -> KernelShrinkPolicy:
         lp = config["answer_lengths"]
         lengths = NeighbourLengths(k=int(lp["k"]), bandwidth=float(lp["bandwidth"]),
                                    prior_strength=float(lp["prior_strength"]))
-        lengths.fit(emb, arrays["answer_tokens"].astype(np.float64))
+        lengths.fit(emb, arrays["answer_tokens"].astype(np.float64), keys=router.keys)  # the same unit rows
     graded_file = Path(path) / GRADED_PROBES_FILE
     graded = GradedProbes.load(graded_file) if graded_file.exists() else None
     if graded is not None and graded.artifact_probes != labels.shape[0]:

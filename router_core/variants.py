@@ -221,8 +221,10 @@ class NeighbourLengths:
     _seen: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool), repr=False)
     _filled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)  # NaN -> 0
 
-    def fit(self, emb: np.ndarray, tokens: np.ndarray) -> NeighbourLengths:
-        self._keys = np.ascontiguousarray(_unit(emb), dtype=np.float32)
+    def fit(self, emb: np.ndarray, tokens: np.ndarray, keys: np.ndarray | None = None) -> NeighbourLengths:
+        """``keys``: ``emb``'s unit float32 rows when the caller already has them (a router fitted on the
+        same embeddings, ``KernelShrinkRouter.keys``): shared, not a second 4 MB copy."""
+        self._keys = np.ascontiguousarray(_unit(emb), dtype=np.float32) if keys is None else keys
         self._tokens = np.asarray(tokens, dtype=np.float64)  # NaN: not recorded
         seen = np.isfinite(self._tokens)
         self._prior = np.array([self._tokens[seen[:, j], j].mean() if seen[:, j].any() else np.nan
