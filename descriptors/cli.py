@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,8 +126,32 @@ def _live_options(lv: argparse.ArgumentParser) -> None:
     dest.add_argument("--out-file", type=Path, help="exact file to write")
 
 
+EXIT_WITH_PARENT_ENV = "CSCR_EXIT_WITH_PARENT"
+
+
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """Exit when the process that started this one is gone (re-parented): the gateway runs descriptor
+    jobs as children (``gateway.describe``), and a gateway killed outright (SIGKILL, OOM) must not
+    leave a job probing a paid provider behind it. A daemon thread polls ``os.getppid()``."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                print(json.dumps({"error": "the parent process is gone; descriptor job stopped"}), flush=True)
+                os._exit(3)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if os.environ.get(EXIT_WITH_PARENT_ENV):
+        exit_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "bench":
         from descriptors.bench import bench
