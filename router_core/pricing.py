@@ -51,10 +51,13 @@ def price_table(models: Sequence[str], data_dir: Path | None = None) -> np.ndarr
     if any(m not in prices for m in models):
         import pandas as pd
 
-        from router_core.paths import default_data_dir
+        from router_core.paths import DataNotFoundError, default_data_dir
 
-        root = Path(data_dir) if data_dir is not None else default_data_dir()
-        if (root / MMLU_PRICES_FILE).is_file():
+        try:
+            root: Path | None = Path(data_dir) if data_dir is not None else default_data_dir()
+        except DataNotFoundError:  # a clone without the benchmark data: only LIST_PRICES
+            root = None
+        if root is not None and (root / MMLU_PRICES_FILE).is_file():
             df = pd.read_csv(root / MMLU_PRICES_FILE)
             prices.update({str(m): (float(i), float(o)) for m, i, o in
                            zip(df["model"], df["input_usd_per_mtok"], df["output_usd_per_mtok"], strict=True)})
