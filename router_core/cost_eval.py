@@ -20,7 +20,6 @@ the realised curve on recorded costs, with paired bootstrap differences.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -32,6 +31,7 @@ from router_core.data import Benchmark, versions_of
 from router_core.default_eval import ENCODER, _p_hat, gateway_costs, held_out, start
 from router_core.kernel_policy import LAMBDA_GRID, decide
 from router_core.metrics import bootstrap, paired_difference
+from router_core.paths import write_results
 from router_core.pricing import answer_tokens, expected_costs, list_prices
 from router_core.variants import LengthCostModel, NeighbourLengths, select_length_params
 
@@ -108,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"command": "python -m router_core.cost_eval " + " ".join(shown), "encoder": ENCODER,
                "length_params": params, "data_versions": versions_of(bench), "sets": sets,
                "seconds": round(time.perf_counter() - t0, 1)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
-    (args.out / "results.md").write_text(report(summary))
-    print(report(summary))
+    write_results(args.out, summary, report(summary))
     return 0
 
 

@@ -42,6 +42,7 @@ from router_core.baselines import KMeansRouter, model_costs, oracle_choices, sin
 from router_core.data import Benchmark, load_benchmark, versions_of
 from router_core.kernel_policy import LAMBDA_GRID, build, common_patterns, decide, load_policy
 from router_core.metrics import bootstrap, paired_difference
+from router_core.paths import write_results
 from router_core.pricing import LIST_PRICES, expected_costs, prompt_tokens, request_costs
 from router_core.types import Candidate
 
@@ -212,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"command": "python -m router_core.default_eval " + " ".join(shown), "encoder": ENCODER,
                "data_versions": versions_of(bench), "sets": sets, "tradeoff_table": table,
                "seconds": round(time.perf_counter() - t0, 1)}
-    (args.out / "results.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     with open(args.out / "tradeoff.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["set", "tradeoff", "lambda", "dearest_share", "mean_cost_usd", "mean_quality_graded",
@@ -221,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             w.writerow([row["set"], row["tradeoff"], f"{row['lambda']:.4g}", f"{row['dearest_share']:.3f}",
                         f"{row['mean_cost_usd']:.6f}", f"{row['mean_quality_graded']:.3f}",
                         f"{row['agreement_rank_vs_batch']:.3f}", json.dumps(row["mix"])])
-    (args.out / "results.md").write_text(report(summary))
-    print(report(summary))
+    write_results(args.out, summary, report(summary))
     return 0
 
 

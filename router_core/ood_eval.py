@@ -43,7 +43,6 @@ transfer fails (``diagnostics``). Metric definitions: ``router_core.metrics``, d
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -56,6 +55,7 @@ from router_core.baselines import LAMBDAS, KMeansRouter, KNNRouter, model_costs,
 from router_core.data import Benchmark, load_benchmark, versions_of
 from router_core.kernel_policy import LAMBDA_GRID, common_patterns, decide
 from router_core.metrics import bootstrap, cost_grid, curve_points, curve_stats, paired_difference
+from router_core.paths import write_results
 from router_core.pricing import answer_tokens, price_table
 from router_core.variants import (
     KernelShrinkRouter,
@@ -433,10 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         "shifts": scored, "verdicts": [verdict(scored, c) for c in CANDIDATES] if args.only is None else [],
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
-    (args.out / "results.md").write_text(report(summary))
-    print(report(summary))
+    write_results(args.out, summary, report(summary))
     return 0
 
 

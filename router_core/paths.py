@@ -77,3 +77,13 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def write_results(out: Path, summary: dict[str, object], markdown: str) -> None:
+    """An evaluation's result files: ``out/results.json`` (the numbers the docs are rendered from)
+    and ``out/results.md`` (``markdown``, also printed)."""
+    import json
+
+    write_atomic(Path(out) / "results.json", json.dumps(summary, indent=1, default=float) + "\n")
+    write_atomic(Path(out) / "results.md", markdown)
+    print(markdown)
