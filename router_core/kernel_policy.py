@@ -3,7 +3,7 @@
 The artifact holds what the router knows: the probe prompts' embeddings (the training prompts,
 routing text, the artifact's encoder) and every model's graded answers on them (its descriptor; a
 ``observed`` mask marks answers that were never graded: missing, not wrong), plus the
-hyperparameters chosen by cross-validation, a per-model cost model and a trade-off → λ table.
+hyperparameters chosen by cross-validation, the answer-length parameters and a trade-off → λ table.
 
 Rule (``rule_scores``, one function for serving, calibration and evaluation): argmax over candidates
 of p̂_j(prompt) − λ·cost_j / max_k cost_k, with the gateway's per-request cost estimates. Dividing by
@@ -298,8 +298,6 @@ def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int =
     hp = select_hyperparams(emb, train.quality, train.cost, lengths, observed, seed=seed, fallback=fallback)
     router = KernelShrinkRouter.from_hyperparams(hp, seed)
     router.fit(emb, train.quality, observed)
-    cost_model = LengthCostModel().fit(lengths, train.cost)
-    table_cost = cost_model.predict(lengths)
     arrays = {"embeddings": emb.astype(np.float16), "labels": train.quality.astype(np.float16),
               "observed": observed, "centroids": router.centroids}
     length_params = None
@@ -309,6 +307,8 @@ def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int =
         table_cost = request_costs(prompt_tokens(train.prompts), cross_fitted_lengths(length_params, emb, tokens, seed),
                                    train.models)
         arrays["answer_tokens"] = np.minimum(tokens, 60000).astype(np.float16)  # NaN: not recorded
+    else:  # without answer lengths the rule ranks on the gateway's bound: the table on USD by prompt length
+        table_cost = LengthCostModel().fit(lengths, train.cost).predict(lengths)
     table, ends = tradeoff_table(cross_fitted(router, emb, train.quality, observed), table_cost)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "arrays.npz", **arrays)  # type: ignore[arg-type]
@@ -317,7 +317,7 @@ def build(benchmark: str, out: Path, encoder: str = "static-minilm", seed: int =
         "routing_text": ROUTING_TEXT_VERSION, "hyperparameters": hp, "seed": seed, "experts": list(train.models),
         "fit_on": fit_on, "n_prompts": len(train), "lam_table": table, "tradeoff_scale": "log-spend-v1",
         "answer_lengths": length_params,
-        "tradeoff_ends": ends, "cost_model": {"coef": cost_model.coef.tolist(), "floor": cost_model.floor.tolist()},
+        "tradeoff_ends": ends,
         "data_versions": versions_of(bench), "train_seconds": round(time.perf_counter() - started, 1),
         "probe_ids": list(train.prompt_ids),
     }
