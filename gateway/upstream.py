@@ -381,11 +381,28 @@ async def wait_or_disconnect(request: Request, seconds: float) -> None:
             await anyio.sleep(0.05)
 
 
+class BadText(ValueError):
+    """A request body that is JSON but holds text that is not valid (a lone UTF-16 surrogate)."""
+
+
+async def _json_body(request: Request) -> Any:
+    """The request's JSON. ValueError (a 400 for the caller) when it is not JSON or holds a lone UTF-16
+    surrogate: such text cannot be hashed, tokenised or answered (the gateway refuses it the same way)."""
+    body = json.loads(await request.body())  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadText("the request contains a lone UTF-16 surrogate (\\ud800-\\udfff); not valid text") from None
+    return body
+
+
 async def chat_completions(request: Request) -> Response:
     state: UpstreamState = request.app.state.upstream
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = await _json_body(request)
+    except BadText as exc:
+        return error_response(400, str(exc))
+    except ValueError:
         return error_response(400, "request body is not valid JSON")
     problem = validate(body)
     if problem is not None:
@@ -439,7 +456,7 @@ async def embeddings(request: Request) -> Response:
     ``encoding_format: base64`` (the openai client's default) answers little-endian float32."""
     state: UpstreamState = request.app.state.upstream
     try:
-        body = json.loads(await request.body())
+        body = await _json_body(request)
         model, suffix = split_model(str(body["model"]))
         inputs = body["input"] if isinstance(body["input"], list) and body["input"] and not isinstance(
             body["input"][0], int) else [body["input"]]

@@ -419,3 +419,14 @@ def test_no_benchmark_data_is_one_clear_error(
     assert cscr(["train", "--benchmark", "routerbench", "--out", str(tmp_path / "a"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cscr train: benchmark data not found" in err[0] and "CSCR_DATA_DIR" in err[0]
+
+
+def test_lone_surrogates_are_a_400_not_a_500(root: str) -> None:
+    """Text with a lone UTF-16 surrogate cannot be hashed or tokenised: a clear 400, as the gateway
+    answers, on chat completions and embeddings (it was a 500 with a traceback)."""
+    chat = b'{"model": "gpt-4-1106-preview", "messages": [{"role": "user", "content": "\\ud800 hi"}]}'
+    emb = b'{"model": "x", "input": "\\ud800"}'
+    for path, body in (("/v1/chat/completions", chat), ("/v1/embeddings", emb)):
+        r = httpx.post(f"{root}{path}", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400, (path, r.status_code, r.text)
+        assert "surrogate" in r.json()["error"]["message"]
