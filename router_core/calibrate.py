@@ -74,14 +74,22 @@ def read_requests(path: Path) -> list[CalibrationRequest]:
     """Every request in a JSONL file. Blank lines are skipped; anything else malformed raises,
     naming the line."""
     requests: list[CalibrationRequest] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise PromptFileError(f"{path}:{n}: not UTF-8 text (byte {exc.start})") from None
             if not line.strip():
                 continue
             try:
                 doc = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise PromptFileError(f"{path}:{n}: not JSON ({exc.msg})") from None
+            try:
+                json.dumps(doc, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise PromptFileError(f"{path}:{n}: lone UTF-16 surrogate (\\ud800-\\udfff): not valid text") from None
             messages = doc.get("messages") if isinstance(doc, dict) else None
             if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
                 raise PromptFileError(f'{path}:{n}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}')

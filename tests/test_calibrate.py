@@ -101,6 +101,7 @@ def test_spend_and_mix_are_those_of_the_served_decisions(tmp_path: Path, capsys:
     ('{"messages": [{"role": "user", "content": 3}]}', "no text"),
     ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "positive integer"),
     ('{"messages": [{"role": "user", "content": "hi"}], "n": "2"}', "positive integer"),
+    ('{"messages": [{"role": "user", "content": "\\ud800 hi"}]}', "surrogate"),
 ])
 def test_malformed_line_is_named_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str,
                                         why: str) -> None:
@@ -109,6 +110,15 @@ def test_malformed_line_is_named_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     assert cscr(["calibrate", "--prompts", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}:3:" in err and why in err
+
+
+def test_a_line_that_is_not_utf8_is_named_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(good + b"\n" + b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n')
+    assert cscr(["calibrate", "--prompts", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:2: not UTF-8" in err
 
 
 def test_missing_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
