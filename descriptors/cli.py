@@ -129,29 +129,45 @@ def _live_options(lv: argparse.ArgumentParser) -> None:
 EXIT_WITH_PARENT_ENV = "CSCR_EXIT_WITH_PARENT"
 
 
-def exit_with_parent(poll_s: float = 1.0) -> None:
-    """Exit when the process that started this one is gone (re-parented): the gateway runs descriptor
-    jobs as children (``gateway.describe``), and a gateway killed outright (SIGKILL, OOM) must not
-    leave a job probing a paid provider behind it. A daemon thread polls ``os.getppid()``."""
+def exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """Exit once this process's parent is no longer ``parent`` (the gateway's pid, passed in
+    ``CSCR_EXIT_WITH_PARENT``): the gateway runs descriptor jobs as children (``gateway.describe``),
+    and a gateway killed outright (SIGKILL, OOM) must not leave a job probing a paid provider behind
+    it. Comparing with the pid the gateway passed, not the parent seen at start, also catches a
+    gateway that died while this job was still importing. A daemon thread polls ``os.getppid()``."""
     import threading
     import time
 
-    parent = os.getppid()
+    def gone() -> bool:
+        return os.getppid() != parent
+
+    def stop() -> None:
+        print(json.dumps({"error": "the gateway that started this job is gone; descriptor job stopped"}), flush=True)
+        os._exit(3)
+
+    if gone():
+        stop()
 
     def watch() -> None:
         while True:
             time.sleep(poll_s)
-            if os.getppid() != parent:
-                print(json.dumps({"error": "the parent process is gone; descriptor job stopped"}), flush=True)
-                os._exit(3)
+            if gone():
+                stop()
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def arm_exit_with_parent(poll_s: float = 1.0) -> None:
+    """``exit_with_parent`` when ``CSCR_EXIT_WITH_PARENT`` holds the starting gateway's pid; anything
+    else (unset, ``0``, ``false``: a user running ``cscr describe`` by hand) does not arm it."""
+    parent = os.environ.get(EXIT_WITH_PARENT_ENV, "")
+    if parent.isdigit() and int(parent) > 1:
+        exit_with_parent(int(parent), poll_s)
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if os.environ.get(EXIT_WITH_PARENT_ENV):
-        exit_with_parent()
+    arm_exit_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "bench":
         from descriptors.bench import bench

@@ -217,7 +217,7 @@ class DescriptorJobs:
         with tempfile.TemporaryDirectory(prefix="cscr-describe-") as tmp:
             out = Path(tmp) / "descriptor.json"
             env = dict(os.environ)
-            env["CSCR_EXIT_WITH_PARENT"] = "1"  # a gateway killed outright takes its probing job with it
+            env["CSCR_EXIT_WITH_PARENT"] = str(os.getpid())  # a gateway killed outright takes its job with it
             if p.api_key:
                 env["CSCR_PROBE_API_KEY"] = p.api_key
             proc = await asyncio.create_subprocess_exec(

@@ -1,7 +1,7 @@
-"""A descriptor job outlives nothing: the gateway runs it as a child (``gateway.describe``) with
-``CSCR_EXIT_WITH_PARENT`` set, and a gateway killed outright (SIGKILL, the OOM killer) must not leave
-it probing a paid provider. Real processes: a parent that starts the job's watchdog in a child, then
-dies by SIGKILL."""
+"""A descriptor job outlives nothing: the gateway runs it as a child (``gateway.describe``) with its
+own pid in ``CSCR_EXIT_WITH_PARENT``, and a gateway killed outright (SIGKILL, the OOM killer) must
+not leave it probing a paid provider. Real processes: a parent that starts a child which arms the
+watchdog as ``cscr describe`` does, then dies by SIGKILL."""
 
 from __future__ import annotations
 
@@ -12,19 +12,26 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
-# the parent starts a child that arms the watchdog as `cscr describe` does, prints its pid, and sleeps
+# the parent starts the job with its own pid in the variable (as gateway.describe does), prints the
+# job's pid, and waits
 PARENT = """
-import subprocess, sys
-child = subprocess.Popen([sys.executable, "-c", CHILD], env=ENV)
+import os, subprocess, sys
+env = dict(ENV, CSCR_EXIT_WITH_PARENT=str(os.getpid()))
+child = subprocess.Popen([sys.executable, "-c", CHILD], env=env)
 print(child.pid, flush=True)
 child.wait()
 """
+# the job: ARM_AFTER seconds of start-up (imports), then the watchdog exactly as descriptors.cli.main
+# arms it, then a long sleep standing in for the probing
 CHILD = """
 import time
-from descriptors.cli import exit_with_parent
-exit_with_parent(poll_s=0.1)
+time.sleep(ARM_AFTER)
+from descriptors.cli import arm_exit_with_parent
+arm_exit_with_parent(poll_s=0.1)
 time.sleep(120)
 """
 
@@ -39,13 +46,16 @@ def _alive(pid: int) -> bool:
         return f.read().split(")")[-1].split()[0] != "Z"
 
 
-def test_a_descriptor_job_exits_when_its_gateway_is_killed() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CSCR_EXIT_WITH_PARENT": "1"}
-    code = f"CHILD = {CHILD!r}\nENV = {env!r}\n" + PARENT
+@pytest.mark.parametrize(("arm_after", "kill_after"), [(0.0, 1.5), (1.5, 0.2)],
+                         ids=["killed-while-probing", "killed-before-the-job-armed"])
+def test_a_descriptor_job_exits_when_its_gateway_is_killed(arm_after: float, kill_after: float) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child_code = CHILD.replace("ARM_AFTER", repr(arm_after))
+    code = f"CHILD = {child_code!r}\nENV = {env!r}\n" + PARENT
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
-    time.sleep(1.0)  # the child has imported and armed its watchdog
+    time.sleep(kill_after)
     assert _alive(child)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
