@@ -55,6 +55,15 @@ def provider(name: str, model: str, api_base: str, price: tuple[float, float] = 
             "output_usd_per_mtok": price[1], **extra}
 
 
+def fresh_rate_window(needed_s: float = 20.0, window_s: int = 60) -> None:
+    """Wait, if need be, until the current rate-limit window has ``needed_s`` left. The store's
+    per-minute windows are fixed and aligned to the epoch (``Store.hit``), so requests that must
+    land in one window (to see a limit refuse the next one) fail when they straddle a boundary."""
+    left = window_s - time.time() % window_s
+    if left < needed_s:
+        time.sleep(left + 0.05)
+
+
 def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
     """Terminate every process, then wait for each (killing the ones that do not stop)."""
     for proc in procs:

@@ -25,7 +25,7 @@ from gateway.keys import budget_account
 from gateway.replay import BUNDLED_REPLAY, REPLAY_PRICES
 from gateway.store import RedisStore
 from gateway.upstream import start_upstream
-from tests.gateway_fixture import provider, start_gateway, stop_processes
+from tests.gateway_fixture import fresh_rate_window, provider, start_gateway, stop_processes
 from tests.redis_fixture import RedisServer, free_port, redis_server
 
 pytestmark = pytest.mark.integration
@@ -118,6 +118,7 @@ def test_rpm_limit(upstream: str) -> None:
     base, stop = start_gateway(_cfg(upstream, keys=keys), env={"CSCR_MASTER": MASTER})
     try:
         client = openai.OpenAI(base_url=base + "/v1", api_key="sk-slow", max_retries=0)
+        fresh_rate_window()  # the three requests must share one minute
         for _ in range(2):
             client.chat.completions.create(model="mistral-7b", messages=[{"role": "user", "content": "hi"}])
         with pytest.raises(openai.RateLimitError) as info:

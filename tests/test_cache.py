@@ -20,7 +20,7 @@ from gateway.config import CacheConfig, CachePolicy, parse_config
 from gateway.errors import ConfigError
 from gateway.store import MemoryStore, RedisStore, Store
 from gateway.upstream import start_upstream
-from tests.gateway_fixture import provider, start_gateway
+from tests.gateway_fixture import fresh_rate_window, provider, start_gateway
 from tests.redis_fixture import RedisServer, redis_server
 
 MASTER = "sk-master-cache"
@@ -257,6 +257,7 @@ def test_errors_and_cut_streams_are_never_stored(gateway: tuple[str, str], upstr
 def test_rate_limits_apply_to_hits(gateway: tuple[str, str]) -> None:
     base, _ = gateway
     prompt = f"limited {base}"
+    fresh_rate_window()  # the four requests must share one minute
     for _ in range(3):
         ask(base, "limited", prompt, temperature=0)
     with pytest.raises(openai.RateLimitError):

@@ -19,7 +19,7 @@ import pytest
 
 from gateway.tokens import count_messages, count_text
 from router_core.types import Candidate, Ranking
-from tests.gateway_fixture import provider, start_gateway
+from tests.gateway_fixture import fresh_rate_window, provider, start_gateway
 from tests.rogue_upstream import PROVIDER_SECRET, RogueUpstream
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -251,6 +251,7 @@ def test_budget_429_is_not_retried_and_rate_limit_429_says_when(gateway: str) ->
     assert info.value.response.headers["x-should-retry"] == "false"
     assert _count(httpx.get(gateway + "/metrics").text, "429") == before + 1  # one request, no retries
     auth = {"authorization": "Bearer sk-slow"}
+    fresh_rate_window()  # the two requests must share one minute
     statuses = [httpx.post(gateway + "/v1/chat/completions", json={"model": "good", "messages": MSG}, headers=auth,
                            timeout=30) for _ in range(2)]
     limited = [r for r in statuses if r.status_code == 429]
