@@ -241,6 +241,16 @@ def offline_choices(artifact: str, prompts: Sequence[str], pool: Pool,
     return cols[np.stack(rows)], cols[decide(p_hat, est, LAMBDA_GRID)]
 
 
+def artifact_recipe(artifact: str) -> dict[str, Any]:
+    """What the served artifact was built from (its config.json): variant, split, hyperparameters, so a
+    result file says which recipe it scored, not only a path that may since hold another build."""
+    from router_core.router import default_artifact_path
+
+    path = default_artifact_path() if artifact == "bundled" else Path(artifact)
+    config = json.loads((path / "config.json").read_text())
+    return {k: config[k] for k in ("variant", "fit_on", "n_prompts", "encoder", "hyperparameters") if k in config}
+
+
 def kmeans_choices(es: EvalSet, data_dir: Path | None = None, seed: int = 0) -> np.ndarray:
     """UniRoute-style K-means (K=20) on the train split of the default artifact's data, swept over
     ``baselines.LAMBDAS`` with mean training costs (as ``router_core.default_eval``)."""
@@ -352,7 +362,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         write_decisions(args.out / "decisions.csv.gz", es, tradeoffs, names, choices["gateway"])
     return {"command": command, "benchmark": args.benchmark, "split": args.split, "prompts": len(es.prompts),
             "models": es.models, "pool": {p: es.models[j] for p, j in pool.column.items()},
-            "tradeoffs": tradeoffs, "artifact": args.artifact, "max_tokens": args.max_tokens,
+            "tradeoffs": tradeoffs, "artifact": args.artifact,
+            "artifact_recipe": None if args.artifact is None else artifact_recipe(args.artifact),
+            "max_tokens": args.max_tokens,
             "data_versions": es.versions, "agreement_gateway_vs_offline": agree, "mix": mix_of(names, tradeoffs),
             **score(es, choices, args.bootstrap), "requests_per_s": round(len(tradeoffs) * len(es.prompts) / send_s, 1),
             "seconds": round(time.perf_counter() - t0, 1)}

@@ -34,6 +34,14 @@ def _best_single(summary: dict[str, Any]) -> str:
     return max(singles, key=lambda k: (singles[k]["peak"]["value"], -singles[k]["audc"]["value"]))
 
 
+def _recipe(recipe: dict[str, Any] | None) -> str:
+    """`` (kernel-shrink fitted on train: k=100, bandwidth=0.2, ...)``; empty for results without one."""
+    if not recipe:
+        return ""
+    hp = ", ".join(f"{k}={v:g}" for k, v in recipe.get("hyperparameters", {}).items())
+    return f" ({recipe.get('variant', '?')} fitted on {recipe.get('fit_on', '?')}: {hp})"
+
+
 def render_one(summary: dict[str, Any]) -> str:
     """One benchmark: AUDC / AUDC-log / peak / QNC per router, paired AUDC differences, agreement."""
     g = summary["grid"]
@@ -44,7 +52,8 @@ def render_one(summary: dict[str, Any]) -> str:
         f"{len(summary['models'])} models, {len(ts)} trade-offs T = {ts[0]:g} .. {ts[-1]:g}",
         "",
         f"Cost grid ${g['lo']:.3g} .. ${g['hi']:.3g} per prompt; best single model {g['best_quality']:.3f} "
-        f"at ${g['best_cost']:.3g}. Artifact: `{summary['artifact']}`." + (IN_SAMPLE if in_sample else ""),
+        f"at ${g['best_cost']:.3g}. Artifact: `{summary['artifact']}`{_recipe(summary.get('artifact_recipe'))}."
+        + (IN_SAMPLE if in_sample else ""),
         "",
         "| router | AUDC | AUDC-log | peak | QNC |",
         "|---|---|---|---|---|",

@@ -5,6 +5,7 @@ the docs block of its numbers is what the result files give."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,16 @@ import yaml
 from gateway.config import parse_config
 from gateway.eval_gateway import (
     EvalGatewayError,
+    artifact_recipe,
     ask_gateway,
     offline_choices,
     served_pool,
     to_choices,
 )
-from gateway.eval_gateway_report import render_dir, splice
+from gateway.eval_gateway_report import render_dir, render_one, splice
 from gateway.replay import BUNDLED_REPLAY
 from gateway.upstream import start_upstream
+from router_core.router import default_artifact_path
 from tests.gateway_fixture import start_gateway
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,3 +121,14 @@ def test_docs_block_is_rendered_from_the_result_files() -> None:
     assert "routerbench test" in block and "alpacaeval test" in block
     assert splice(doc, block) == doc, "run: python -m gateway.eval_gateway_report docs/results/eval-gateway " \
                                       "--docs docs/EVALUATION.md"
+
+
+def test_a_result_names_the_recipe_it_scored() -> None:
+    """A path such as /tmp/evalgw/ks-train may since hold another build: the result records what
+    the artifact was (variant, split, hyperparameters) and the report prints it."""
+    recipe = artifact_recipe("bundled")
+    config = json.loads((default_artifact_path() / "config.json").read_text())
+    assert recipe["hyperparameters"] == config["hyperparameters"] and recipe["fit_on"] == config["fit_on"]
+    summary = json.loads((ROOT / "docs/results/eval-gateway/routerbench/results.json").read_text())
+    assert summary["artifact_recipe"]["hyperparameters"]["k"] > 0
+    assert "fitted on train: k=" in render_one(summary)
