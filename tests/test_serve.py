@@ -3,6 +3,7 @@ answers, answers a chat with a recorded answer, and exits non-zero when the upst
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -109,3 +110,30 @@ def _providers() -> list[dict[str, str]]:
 
     providers: list[dict[str, str]] = yaml.safe_load((ROOT / "gateway.yaml").read_text())["providers"]
     return providers
+
+
+_POOLS = ("import json, os; from gateway.serve import one_native_thread; one_native_thread(os.environ); "
+          "import numpy; from threadpoolctl import threadpool_info; "
+          "print(json.dumps(sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'})))")
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, [1]), ("2", [2])])
+def test_serving_uses_one_blas_thread_unless_the_operator_says(preset: str | None, expected: list[int]) -> None:
+    """The router's one-row similarity product cost 6-8x the CPU per request with OpenBLAS's default
+    of a thread per core (docs/BENCHMARKS.md). ``cscr serve`` defaults the pools to one thread before
+    numpy loads; an operator's OMP_NUM_THREADS / OPENBLAS_NUM_THREADS still wins."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                           "MKL_NUM_THREADS")}
+    if preset is not None:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    out = subprocess.run([sys.executable, "-c", _POOLS], env=env, capture_output=True, text=True, timeout=120,
+                         check=True)
+    assert json.loads(out.stdout) == expected
+
+
+def test_numpy_is_not_loaded_before_serve_sets_its_threads() -> None:
+    """OpenBLAS reads its thread count once, when numpy loads: ``cscr serve`` must get there first."""
+    code = ("import sys; from gateway import cli, serve; serve.parse_args(['--port', '1']); "
+            "print('numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"
