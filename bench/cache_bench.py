@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--store", choices=["memory", "redis"], default="memory")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     args = parser.parse_args()
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "OMP_NUM_THREADS": "1"}
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}  # threads: as `cscr serve` sets them
     servers: list[Server] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

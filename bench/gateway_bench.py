@@ -403,7 +403,7 @@ def main(argv: list[str]) -> int:
     servers: list[Server] = []
     cleanup: list[Any] = []
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}  # threads: as `cscr serve` sets them
     try:
         up_port = free_port()
         upstream = start("upstream", [sys.executable, "-m", "gateway.cli", "upstream", "--port", str(up_port),

@@ -47,7 +47,7 @@ from gateway_bench import (  # noqa: E402  (bench scripts are run as files, not 
 )
 
 ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "HF_HUB_OFFLINE": "1",
-       "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+       "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}  # threads: as `cscr serve` sets them
 
 
 def write_config(path: Path, upstream: int, store: str, key_sha: str, budget: float) -> None:
