@@ -138,6 +138,66 @@ def test_a_surrogate_pair_is_text(gateway: str) -> None:
     assert _keep_alive(gateway, raw)[0] == 200
 
 
+def _part(part: Any, role: str = "user", model: str = "good") -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": role, "content": [part]}]}).encode()
+
+
+@pytest.mark.parametrize(("raw", "param"), [
+    (_part({"type": "image_url", "image_url": 5}), "messages[0].content[0].image_url"),
+    (_part({"type": "image_url", "image_url": "https://x/cat.png"}), "messages[0].content[0].image_url"),
+    (_part({"type": "image_url", "image_url": {"detail": "low"}}), "messages[0].content[0].image_url.url"),
+    (_part({"type": "image_url", "image_url": {"url": 5}}), "messages[0].content[0].image_url.url"),
+    (_part({"type": "image_url", "image_url": {"url": "https://x/cat.png", "detail": 1}}),
+     "messages[0].content[0].image_url.detail"),
+    (_part({"type": "input_audio", "input_audio": "UklGRg=="}), "messages[0].content[0].input_audio"),
+    (_part({"type": "input_audio", "input_audio": {"data": "UklGRg=="}}), "messages[0].content[0].input_audio.format"),
+    (_part({"type": "input_audio", "input_audio": {"data": None, "format": "wav"}}),
+     "messages[0].content[0].input_audio.data"),
+    (_part({"type": "file", "file": {}}), "messages[0].content[0].file"),
+    (_part({"type": "file", "file": {"file_id": 7}}), "messages[0].content[0].file.file_id"),
+    (_part({"type": "refusal", "refusal": None}, role="assistant"), "messages[0].content[0].refusal"),
+    (_part({"type": "video_url", "video_url": {"url": "https://x/v.mp4"}}, model="auto"),
+     "messages[0].content[0].type"),  # routed: the router may pick a provider that does not know the type
+])
+def test_malformed_content_parts_are_a_400_naming_the_field(gateway: str, rogue: RogueUpstream, raw: bytes,
+                                                           param: str) -> None:
+    """They used to go upstream as sent: a provider's own 400 (or a 502 after every fallback), or an
+    answer that ignored the image."""
+    served = len(rogue.authorizations)
+    status, body = _keep_alive(gateway, raw)
+    assert status == 400, body
+    assert body["error"]["param"] == param and body["error"]["type"] == "invalid_request_error", body
+    assert len(rogue.authorizations) == served + 1  # only the valid request that _keep_alive sends next
+
+
+VALID_PARTS: list[Any] = [
+    {"type": "text", "text": "describe these"},
+    {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "high"}},
+    {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+    {"type": "file", "file": {"file_id": "file-abc"}},
+    {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}},
+]
+
+
+@pytest.mark.parametrize("model", ["good", "auto"])
+def test_every_openai_part_shape_is_served(gateway: str, model: str) -> None:
+    client = openai.OpenAI(base_url=gateway + "/v1", api_key="sk-open", max_retries=0)
+    messages: list[Any] = [
+        {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+        {"role": "user", "content": VALID_PARTS},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot"}]},
+        {"role": "user", "content": "then just say hi"},
+    ]
+    assert client.chat.completions.create(model=model, messages=messages).choices
+
+
+def test_a_part_type_unknown_here_passes_through_to_a_named_provider(gateway: str) -> None:
+    """A provider may take parts OpenAI does not (vLLM's video_url): named, the provider judges it."""
+    raw = _part({"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}})
+    assert _keep_alive(gateway, raw)[0] == 200
+
+
 SURROGATE = "\ud800"  # a lone high surrogate: json.dumps writes it as the escape \\ud800, as a client would
 
 
