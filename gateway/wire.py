@@ -231,6 +231,8 @@ def validate_chat(body: dict[str, Any]) -> ChatRequest:
     options = body.get("stream_options") or {}
     if options and not stream:
         raise InvalidRequest("'stream_options' is only allowed when 'stream' is true", param="stream_options")
+    if options.get("include_usage") is not None and not isinstance(options["include_usage"], bool):
+        raise InvalidRequest("'stream_options.include_usage' must be a boolean", param="stream_options.include_usage")
     max_out = body.get("max_completion_tokens") or body.get("max_tokens")
     return ChatRequest(
         body=body,
