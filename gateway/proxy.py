@@ -47,7 +47,7 @@ from gateway.policy import (
 )
 from gateway.store import Reservation, SettlementQueue, Store, StoreBusy, new_reservation_id, redact_text, redact_url
 from gateway.tokens import count_messages, count_text
-from gateway.wire import ChatRequest, parse_body, routing_prompt, validate_chat
+from gateway.wire import ChatRequest, parse_body, refuse_foreign_part, routing_prompt, validate_chat
 from router_core.types import Candidate, RoutingPolicy
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,8 @@ async def plan_request(state: GatewayState, request: Request,
     chat = validate_chat(body)
     rec.model, rec.stream = chat.model, chat.stream
     target = resolve_target(config, chat.model, key, request.headers)
+    if target.routed:
+        refuse_foreign_part(chat)
     prompt_tokens = count_messages(body["messages"], body.get("tools"), config.server.image_tokens)
     target = capable(target, request_needs(body, prompt_tokens, chat.max_output_tokens))  # images, tools, window
     # Routing and eligibility use the expected output; a metered request reserves (and sends

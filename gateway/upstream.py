@@ -370,6 +370,14 @@ def validate(body: Any) -> tuple[str, str | None] | None:
         value = body.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             return f"'{key}' must be a positive integer", key
+    # as OpenAI does: "stream": "yes" is not true (a client that sends it would see a stream here only)
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        return "'stream' must be a boolean", "stream"
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        return "'stream_options' must be an object", "stream_options"
+    if options and options.get("include_usage") is not None and not isinstance(options["include_usage"], bool):
+        return "'stream_options.include_usage' must be a boolean", "stream_options.include_usage"
     return None
 
 

@@ -23,6 +23,10 @@ MAX_JSON_DEPTH = 64  # OpenAI's own bodies nest ~10 deep (a tool's JSON schema a
 INT32_MAX = 2**31 - 1  # the output bound: no model comes near it, and every estimate stays finite
 INT64 = 2**63
 _SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: not text, no encoder takes it
+# How a surrogate reaches json.loads in a UTF-8 body (a pair too): escaped, or encoded (json decodes
+# with surrogatepass). Two patterns: one with an alternation has no literal prefix to scan for, 20x slower.
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_ENCODED_SURROGATE = re.compile(rb"\xed[\xa0-\xbf]")
 # name -> (accepted types, lower bound, upper bound); bounds as OpenAI documents them
 _PARAMS: dict[str, tuple[tuple[type, ...], float | None, float | None]] = {
     "temperature": (_NUMBER, 0, 2),
@@ -57,6 +61,7 @@ class ChatRequest:
     include_usage: bool  # the caller asked for the final usage chunk
     max_output_tokens: int | None
     n: int
+    foreign_part: tuple[str, str] | None = None  # (path, type) of the first part of a type not known here
 
 
 def _no_constant(name: str) -> Any:
@@ -90,14 +95,46 @@ def parse_body(raw: bytes, limit: int) -> dict[str, Any]:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
+    if _may_hold_surrogate(raw):
+        _refuse_surrogates(body, "")
     return body
+
+
+def _may_hold_surrogate(raw: bytes) -> bool:
+    """False when no string of the parsed body can hold a surrogate, read from the bytes (microseconds;
+    the walk takes milliseconds on a body of many strings). A UTF-16 or UTF-32 body (json takes those
+    too) is walked. Each pattern runs only when its first byte occurs at all (a memchr)."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw[:4]:
+        return True
+    return (b"\\" in raw and _ESCAPED_SURROGATE.search(raw) is not None) or \
+        (b"\xed" in raw and _ENCODED_SURROGATE.search(raw) is not None)
+
+
+def _refuse_surrogates(value: Any, path: str) -> None:
+    """Every string and key of the body, once: a provider refuses a lone surrogate (or the encoding
+    to send it fails), and the gateway's own token counts and router cannot read it either."""
+    if type(value) is str:
+        if not value.isascii() and _SURROGATE.search(value):  # isascii: a flag CPython keeps, O(1)
+            raise InvalidRequest(f"{path} contains a lone UTF-16 surrogate (\\ud800-\\udfff); it is not valid "
+                                 "text", param=path)
+    elif type(value) is dict:
+        for k, v in value.items():
+            if not k.isascii() and _SURROGATE.search(k):
+                where = path or "the request body"
+                raise InvalidRequest(f"a key of {where} contains a lone UTF-16 surrogate (\\ud800-\\udfff); it is "
+                                     "not valid text", param=path or None)
+            _refuse_surrogates(v, f"{path}.{k}" if path else k)
+    elif type(value) is list:
+        for i, v in enumerate(value):
+            _refuse_surrogates(v, f"{path}[{i}]")
 
 
 def _type_name(v: Any) -> str:
     return "null" if v is None else type(v).__name__
 
 
-def _check_message(i: int, m: Any) -> None:
+def _check_message(i: int, m: Any) -> tuple[str, str] | None:
+    """(path, type) of the first part of a type the gateway does not know, if any."""
     where = f"messages[{i}]"
     if not isinstance(m, dict):
         raise InvalidRequest(f"{where} must be an object, got {_type_name(m)}", param=where)
@@ -109,36 +146,56 @@ def _check_message(i: int, m: Any) -> None:
             f"{where}.role {role!r} is not one of {', '.join(sorted(ROLES))}", param=f"{where}.role"
         )
     content = m.get("content")
+    foreign = None
     if content is None:
         if role != "assistant" or not (m.get("tool_calls") or m.get("function_call")):
             raise InvalidRequest(f"{where}.content is required", param=f"{where}.content")
     elif isinstance(content, list):
         for j, part in enumerate(content):
-            _check_part(f"{where}.content[{j}]", part)
+            if not _check_part(f"{where}.content[{j}]", part) and foreign is None:
+                foreign = f"{where}.content[{j}]", part["type"]
     elif not isinstance(content, str):
         raise InvalidRequest(
             f"{where}.content must be a string or a list of parts, got {_type_name(content)}",
             param=f"{where}.content",
         )
-    else:
-        _check_text(f"{where}.content", content)
+    return foreign
 
 
-def _check_part(where: str, part: Any) -> None:
+# part type -> (the field holding it, whether that is a string or an object, that object's fields:
+# name -> required); as OpenAI's API reference gives them (values such as an audio format or an image
+# detail are the provider's to judge: they differ between providers and grow)
+_PARTS: dict[str, tuple[str, type, dict[str, bool]]] = {
+    "text": ("text", str, {}),
+    "refusal": ("refusal", str, {}),
+    "image_url": ("image_url", dict, {"url": True, "detail": False}),
+    "input_audio": ("input_audio", dict, {"data": True, "format": True}),
+    "file": ("file", dict, {"file_data": False, "file_id": False, "filename": False}),
+}
+
+
+def _check_part(where: str, part: Any) -> bool:
+    """Check a content part of a known type; False for a type the gateway does not know (it passes
+    through to a named provider: vLLM's video_url, say)."""
     if not isinstance(part, dict) or not isinstance(part.get("type"), str):
         raise InvalidRequest(f"{where} must be an object with a string 'type'", param=where)
-    if part["type"] == "text":
-        text = part.get("text")
-        if not isinstance(text, str):
-            raise InvalidRequest(f"{where}.text must be a string, got {_type_name(text)}", param=f"{where}.text")
-        _check_text(f"{where}.text", text)
-
-
-def _check_text(where: str, text: str) -> None:
-    """Text the gateway itself reads (token counts, the router's encoder) must be encodable."""
-    if _SURROGATE.search(text):
-        raise InvalidRequest(f"{where} contains a lone UTF-16 surrogate (\\ud800-\\udfff); it is not valid text",
-                             param=where)
+    shape = _PARTS.get(part["type"])
+    if shape is None:
+        return False
+    name, kind, fields = shape
+    value, at = part.get(name), f"{where}.{name}"
+    if not isinstance(value, kind):
+        expected = "a string" if kind is str else "an object"
+        raise InvalidRequest(f"{at} must be {expected}, got {_type_name(value)}", param=at)
+    if isinstance(value, dict):
+        for field, required in fields.items():
+            v = value.get(field)
+            if (required or v is not None) and not isinstance(v, str):
+                raise InvalidRequest(f"{at}.{field} {'is required and ' if required else ''}must be a string, "
+                                     f"got {_type_name(v)}", param=f"{at}.{field}")
+        if name == "file" and value.get("file_data") is None and value.get("file_id") is None:
+            raise InvalidRequest(f"{at} needs file_data or file_id", param=at)
+    return True
 
 
 def validate_chat(body: dict[str, Any]) -> ChatRequest:
@@ -153,8 +210,10 @@ def validate_chat(body: dict[str, Any]) -> ChatRequest:
         )
     if not messages:
         raise InvalidRequest("'messages' must not be empty", param="messages")
+    foreign = None
     for i, m in enumerate(messages):
-        _check_message(i, m)
+        found = _check_message(i, m)
+        foreign = foreign or found
     for name, (kinds, lo, hi) in _PARAMS.items():
         if name not in body or body[name] is None:
             continue
@@ -172,6 +231,8 @@ def validate_chat(body: dict[str, Any]) -> ChatRequest:
     options = body.get("stream_options") or {}
     if options and not stream:
         raise InvalidRequest("'stream_options' is only allowed when 'stream' is true", param="stream_options")
+    if options.get("include_usage") is not None and not isinstance(options["include_usage"], bool):
+        raise InvalidRequest("'stream_options.include_usage' must be a boolean", param="stream_options.include_usage")
     max_out = body.get("max_completion_tokens") or body.get("max_tokens")
     return ChatRequest(
         body=body,
@@ -180,7 +241,17 @@ def validate_chat(body: dict[str, Any]) -> ChatRequest:
         include_usage=bool(options.get("include_usage")),
         max_output_tokens=max_out,
         n=body.get("n") or 1,
+        foreign_part=foreign,
     )
+
+
+def refuse_foreign_part(chat: ChatRequest) -> None:
+    """A routed request may only hold parts of known types: the router may pick any provider, and one
+    that does not know the type fails the request, or drops the part and answers without it."""
+    if chat.foreign_part is not None:
+        path, kind = chat.foreign_part
+        raise InvalidRequest(f"{path}.type {kind!r} is not one the gateway routes ({', '.join(_PARTS)}); name a "
+                             "provider to send it", param=f"{path}.type")
 
 
 def message_text(message: dict[str, Any]) -> str:

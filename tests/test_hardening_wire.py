@@ -119,6 +119,7 @@ def _body(**extra: Any) -> bytes:
     (b'{"model": "good", "messages": [{"role": "user", "content": "a\\ud800b"}]}', "messages[0].content"),
     (b'{"model": "auto", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}',
      "messages[0].content[0].text"),
+    (b'{"model": "good", "user": "\xed\xa0\x80", "messages": [{"role": "user", "content": "hi"}]}', "user"),  # UTF-8d
     (b'{"model": "good", "temperature": NaN, "messages": [{"role": "user", "content": "hi"}]}', None),
 ])
 def test_bad_input_is_a_400_naming_the_field_on_a_live_connection(gateway: str, raw: bytes, param: str | None,
@@ -135,6 +136,107 @@ def test_bad_input_is_a_400_naming_the_field_on_a_live_connection(gateway: str, 
 def test_a_surrogate_pair_is_text(gateway: str) -> None:
     raw = b'{"model": "auto", "messages": [{"role": "user", "content": "smile \\ud83d\\ude00"}]}'
     assert _keep_alive(gateway, raw)[0] == 200
+
+
+def _part(part: Any, role: str = "user", model: str = "good") -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": role, "content": [part]}]}).encode()
+
+
+@pytest.mark.parametrize(("raw", "param"), [
+    (_part({"type": "image_url", "image_url": 5}), "messages[0].content[0].image_url"),
+    (_part({"type": "image_url", "image_url": "https://x/cat.png"}), "messages[0].content[0].image_url"),
+    (_part({"type": "image_url", "image_url": {"detail": "low"}}), "messages[0].content[0].image_url.url"),
+    (_part({"type": "image_url", "image_url": {"url": 5}}), "messages[0].content[0].image_url.url"),
+    (_part({"type": "image_url", "image_url": {"url": "https://x/cat.png", "detail": 1}}),
+     "messages[0].content[0].image_url.detail"),
+    (_part({"type": "input_audio", "input_audio": "UklGRg=="}), "messages[0].content[0].input_audio"),
+    (_part({"type": "input_audio", "input_audio": {"data": "UklGRg=="}}), "messages[0].content[0].input_audio.format"),
+    (_part({"type": "input_audio", "input_audio": {"data": None, "format": "wav"}}),
+     "messages[0].content[0].input_audio.data"),
+    (_part({"type": "file", "file": {}}), "messages[0].content[0].file"),
+    (_part({"type": "file", "file": {"file_id": 7}}), "messages[0].content[0].file.file_id"),
+    (_part({"type": "refusal", "refusal": None}, role="assistant"), "messages[0].content[0].refusal"),
+    (_part({"type": "video_url", "video_url": {"url": "https://x/v.mp4"}}, model="auto"),
+     "messages[0].content[0].type"),  # routed: the router may pick a provider that does not know the type
+])
+def test_malformed_content_parts_are_a_400_naming_the_field(gateway: str, rogue: RogueUpstream, raw: bytes,
+                                                           param: str) -> None:
+    """They used to go upstream as sent: a provider's own 400 (or a 502 after every fallback), or an
+    answer that ignored the image."""
+    served = len(rogue.authorizations)
+    status, body = _keep_alive(gateway, raw)
+    assert status == 400, body
+    assert body["error"]["param"] == param and body["error"]["type"] == "invalid_request_error", body
+    assert len(rogue.authorizations) == served + 1  # only the valid request that _keep_alive sends next
+
+
+VALID_PARTS: list[Any] = [
+    {"type": "text", "text": "describe these"},
+    {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "high"}},
+    {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+    {"type": "file", "file": {"file_id": "file-abc"}},
+    {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}},
+]
+
+
+@pytest.mark.parametrize("model", ["good", "auto"])
+def test_every_openai_part_shape_is_served(gateway: str, model: str) -> None:
+    client = openai.OpenAI(base_url=gateway + "/v1", api_key="sk-open", max_retries=0)
+    messages: list[Any] = [
+        {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+        {"role": "user", "content": VALID_PARTS},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot"}]},
+        {"role": "user", "content": "then just say hi"},
+    ]
+    assert client.chat.completions.create(model=model, messages=messages).choices
+
+
+def test_a_part_type_unknown_here_passes_through_to_a_named_provider(gateway: str) -> None:
+    """A provider may take parts OpenAI does not (vLLM's video_url): named, the provider judges it."""
+    raw = _part({"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}})
+    assert _keep_alive(gateway, raw)[0] == 200
+
+
+SURROGATE = "\ud800"  # a lone high surrogate: json.dumps writes it as the escape \\ud800, as a client would
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"user": SURROGATE}, "user"),
+    ({"stop": ["ok", SURROGATE]}, "stop[1]"),
+    ({"messages": [{"role": "user", "content": "hi", "name": SURROGATE}]}, "messages[0].name"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x": "' + SURROGATE + '"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"}]}, "messages[1].tool_calls[0].function.arguments"),
+    ({"tools": [{"type": "function", "function": {"name": "f" + SURROGATE, "parameters": {}}}]},
+     "tools[0].function.name"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "description": SURROGATE}}]},
+     "tools[0].function.description"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {
+        "type": "object", "properties": {"x": {"type": "string", "description": SURROGATE}}}}}},
+     "response_format.json_schema.schema.properties.x.description"),
+    ({"metadata": {SURROGATE: "v"}}, "metadata"),  # a key: the object that holds it is named
+])
+def test_a_lone_surrogate_anywhere_is_a_400_naming_it(gateway: str, extra: dict[str, Any], param: str) -> None:
+    """Only message content was checked: elsewhere it went upstream, to a provider's 400 (or, through
+    litellm, an encoding error)."""
+    raw = json.dumps({"model": "good", "messages": MSG, **extra}).encode()
+    status, body = _keep_alive(gateway, raw)
+    assert status == 400, body
+    assert body["error"]["param"] == param and "surrogate" in body["error"]["message"], body
+
+
+@pytest.mark.parametrize(("path", "raw", "param"), [
+    ("/v1/messages", b'{"model": "good", "max_tokens": 9, "system": "\\udc00", "messages": [{"role": "user", '
+     b'"content": "hi"}]}', "system"),
+    ("/v1/responses", b'{"model": "good", "input": "hi", "instructions": "a\\ud800"}', "instructions"),
+    ("/v1/completions", b'{"model": "good", "prompt": ["hi", "\\ud800"]}', "prompt[1]"),
+])
+def test_other_endpoints_refuse_a_lone_surrogate_too(gateway: str, path: str, raw: bytes, param: str) -> None:
+    r = httpx.post(gateway + path, content=raw, timeout=30,
+                   headers={"authorization": "Bearer sk-open", "x-api-key": "sk-open"})
+    assert r.status_code == 400, r.text
+    assert param in r.text and "surrogate" in r.text
 
 
 class BrokenRouter:

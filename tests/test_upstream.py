@@ -430,3 +430,20 @@ def test_lone_surrogates_are_a_400_not_a_500(root: str) -> None:
         r = httpx.post(f"{root}{path}", content=body, headers={"content-type": "application/json"})
         assert r.status_code == 400, (path, r.status_code, r.text)
         assert "surrogate" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"stream": "yes"}, "stream"),
+    ({"stream": 1}, "stream"),
+    ({"stream": True, "stream_options": "usage"}, "stream_options"),
+    ({"stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+])
+def test_stream_flags_must_be_booleans(root: str, extra: dict[str, Any], param: str) -> None:
+    """As OpenAI answers: "stream": "yes" was taken as true here, so a client bug that OpenAI refuses
+    passed every test run against this upstream."""
+    body = {"model": "gpt-4-1106-preview", "messages": user("hi"), **extra}
+    r = httpx.post(f"{root}/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param and r.json()["error"]["type"] == "invalid_request_error"
+    ok = httpx.post(f"{root}/v1/chat/completions", json={**body, "stream": None, "stream_options": None})
+    assert ok.status_code == 200, ok.text

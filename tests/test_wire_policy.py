@@ -45,7 +45,8 @@ def test_validate_accepts_openai_shapes() -> None:
         "model": "auto", "stream": True, "stream_options": {"include_usage": True}, "n": 2, "max_tokens": 9,
         "messages": [
             {"role": "system", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {}}]},
+            {"role": "user", "content": [{"type": "text", "text": "hi"},
+                                         {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]},
             {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
             {"role": "tool", "content": "42", "tool_call_id": "1"},
         ],
