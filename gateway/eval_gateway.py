@@ -99,11 +99,7 @@ def load_eval_set(benchmark: str, split: str = "test", data_dir: Path | None = N
     part = bench.subset(bench.split == split)
     if len(part) == 0:
         raise EvalGatewayError(f"{benchmark} has no {split!r} split")
-    missing = part.missing if part.missing is not None else np.zeros(part.quality.shape, dtype=bool)
-    if benchmark in MISSING_AS_WRONG:
-        missing = np.zeros_like(missing)
-    cols = np.flatnonzero(~missing.all(axis=0))
-    rows = np.flatnonzero(~missing[:, cols].any(axis=1))
+    rows, cols = part.scored(np.ones(len(part), dtype=bool), missing_as_wrong=benchmark in MISSING_AS_WRONG)
     if max_prompts is not None and max_prompts < rows.size:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_prompts, replace=False))
     return EvalSet(benchmark, [part.prompt_ids[i] for i in rows], [part.prompts[i] for i in rows],

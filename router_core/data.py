@@ -126,6 +126,16 @@ class Benchmark:
             missing=None if self.missing is None else self.missing[:, cols],
         )
 
+    def scored(self, rows: np.ndarray, missing_as_wrong: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(row indices, model columns) to score ``rows`` (a boolean mask) on: the models with a verdict
+        on any of them, and the prompts among them with a verdict from every one of those models (an
+        unlabelled pair is missing, not wrong). ``missing_as_wrong``: every row and model, unrecorded
+        answers scored as wrong (MMLU-Pro's convention)."""
+        if self.missing is None or missing_as_wrong:
+            return np.flatnonzero(rows), np.arange(len(self.models))
+        cols = np.flatnonzero(~self.missing[rows].all(axis=0))
+        return np.flatnonzero(rows & ~self.missing[:, cols].any(axis=1)), cols
+
     def task_groups(self) -> np.ndarray:
         """(N,) the task family of each prompt: RouterBench ``task``, MMLU-Pro ``category``."""
         return self.extra["task"] if "task" in self.extra else self.extra["category"]

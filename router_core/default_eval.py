@@ -113,10 +113,7 @@ def held_out(bench: Benchmark, source: str) -> tuple[Benchmark, np.ndarray, np.n
     """The test split, and the rows and model columns of it that one held-out set (``source``)
     is scored on: the models it labels at all, the prompts each of them has a verdict on."""
     test = bench.subset(bench.split == "test")
-    in_set = test.extra["source"] == source
-    missing = test.missing if test.missing is not None else np.zeros(test.quality.shape, dtype=bool)
-    cols = np.flatnonzero(~missing[in_set].all(axis=0))  # models this set labels at all
-    rows = np.flatnonzero(in_set & ~missing[:, cols].any(axis=1))  # prompts with every verdict
+    rows, cols = test.scored(test.extra["source"] == source)
     return test, rows, cols
 
 
