@@ -47,7 +47,8 @@ from gateway.policy import (
 )
 from gateway.store import Reservation, SettlementQueue, Store, StoreBusy, new_reservation_id, redact_text, redact_url
 from gateway.tokens import count_messages, count_text
-from gateway.wire import ChatRequest, parse_body, refuse_foreign_part, routing_prompt, validate_chat
+from gateway.wire import ChatRequest, parse_body, refuse_foreign_part, validate_chat
+from router_core.conversation import routing_prompt
 from router_core.types import Candidate, RoutingPolicy
 
 log = logging.getLogger(__name__)

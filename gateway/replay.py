@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import tiktoken
 
 from gateway.tokens import load_cl100k
+from router_core.conversation import message_text
 from router_core.data import unwrap_recorded
 
 logger = logging.getLogger(__name__)
@@ -214,18 +215,6 @@ class Reply:
     prompt_tokens: int
     completion_tokens: int  # per choice
     headers: dict[str, str]
-
-
-def message_text(message: Any) -> str:
-    """Text of one chat message: a string, or the text parts of a content list."""
-    if not isinstance(message, dict):
-        return ""
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
 
 
 def compose_reply(table: ReplaySource | None, encoding: tiktoken.Encoding, body: dict[str, Any], model: str) -> Reply:

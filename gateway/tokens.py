@@ -19,7 +19,7 @@ from typing import Any
 
 import tiktoken
 
-from gateway.wire import message_text
+from router_core.conversation import message_text
 
 log = logging.getLogger(__name__)
 

@@ -253,20 +253,3 @@ def refuse_foreign_part(chat: ChatRequest) -> None:
         raise InvalidRequest(f"{path}.type {kind!r} is not one the gateway routes ({', '.join(_PARTS)}); name a "
                              "provider to send it", param=f"{path}.type")
 
-
-def message_text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-
-def routing_prompt(messages: list[dict[str, Any]]) -> str:
-    """What the router reads: the last user message (system prompts are often long and shared by
-    every request of an application, so they say little about which model this request needs)."""
-    for m in reversed(messages):
-        if m.get("role") == "user":
-            return message_text(m)
-    return message_text(messages[-1])

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from router_core.conversation import routing_prompt
+
 if TYPE_CHECKING:
     from router_core.kernel_policy import KernelShrinkPolicy
 
@@ -55,7 +57,7 @@ def _text(message: Any) -> str | None:
 class CalibrationRequest:
     """One line of the prompts file, as the gateway would read it."""
 
-    prompt: str  # what the router reads: the last user message
+    prompt: str  # what the router reads: routing_prompt (the last user message, a follow-up with its question)
     chars: int  # the text of every message: the prompt side of the cost (~chars / 4 tokens)
     max_output_tokens: int | None  # max_completion_tokens, else max_tokens (as gateway.wire)
     n: int = 1
@@ -94,9 +96,9 @@ def read_requests(path: Path) -> list[CalibrationRequest]:
             if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
                 raise PromptFileError(f'{path}:{n}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}')
             users = [m for m in messages if m.get("role") == "user"]
-            text = _text(users[-1] if users else messages[-1])
-            if text is None:
+            if _text(users[-1] if users else messages[-1]) is None:
                 raise PromptFileError(f"{path}:{n}: the last user message has no text content")
+            text = routing_prompt(messages)  # as the gateway reads it: a follow-up with its question
             cap = _count(doc, "max_completion_tokens", f"{path}:{n}") or _count(doc, "max_tokens", f"{path}:{n}")
             chars = sum(len(_text(m) or "") for m in messages)
             requests.append(CalibrationRequest(text, chars, cap, _count(doc, "n", f"{path}:{n}") or 1))

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.cli import main as cscr
 from router_core.calibrate import calibrate, read_requests, tradeoff_for_spend
+from router_core.conversation import routing_prompt
 from router_core.kernel_policy import load_policy
 from router_core.pricing import LIST_PRICES
 from router_core.router import default_artifact_path
@@ -124,3 +125,14 @@ def test_a_line_that_is_not_utf8_is_named_exit_2(tmp_path: Path, capsys: pytest.
 def test_missing_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cscr(["calibrate", "--prompts", str(tmp_path / "nope.jsonl")]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
+
+
+def test_a_follow_up_is_read_with_its_question_as_the_gateway_reads_it(tmp_path: Path) -> None:
+    question = "Prove that the square root of two is irrational, step by step, citing each lemma you use. " * 2
+    conversation = [{"role": "system", "content": "be brief"}, {"role": "user", "content": question},
+                    {"role": "assistant", "content": "Suppose it were p/q..."}, {"role": "user", "content": "Why?"}]
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"messages": conversation}) + "\n" + json.dumps({"messages": conversation[:2]}) + "\n")
+    follow_up, alone = read_requests(path)
+    assert follow_up.prompt == question + "\nWhy?" == routing_prompt(conversation)
+    assert alone.prompt == question

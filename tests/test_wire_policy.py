@@ -9,7 +9,8 @@ import pytest
 from gateway.config import parse_config
 from gateway.errors import BodyTooLarge, BudgetExceeded, InvalidRequest, ModelNotFound, PermissionDenied
 from gateway.policy import cost_cap, eligible, estimate_cost, resolve_target
-from gateway.wire import parse_body, routing_prompt, validate_chat
+from gateway.wire import parse_body, validate_chat
+from router_core.conversation import routing_prompt
 
 CFG = parse_config(
     {
@@ -67,10 +68,21 @@ def test_max_completion_tokens_wins_and_stream_options_need_stream() -> None:
     assert info.value.param == "stream_options"
 
 
-def test_routing_prompt_reads_last_user_message() -> None:
-    msgs = [{"role": "system", "content": "long shared system prompt"}, {"role": "user", "content": "first"},
-            {"role": "assistant", "content": "ok"}, {"role": "user", "content": [{"type": "text", "text": "last"}]}]
-    assert routing_prompt(msgs) == "last"
+def test_routing_prompt_reads_the_users_words_back_to_a_question() -> None:
+    question = "Write a Python function that parses RFC 3339 timestamps, time zones included. " * 3
+    msgs = [{"role": "system", "content": "long shared system prompt " * 20}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": question},
+            {"role": "assistant", "content": "def parse(s): ..."}]
+    # a question that says what it asks is read alone: no system prompt, no answers, no earlier turns
+    assert routing_prompt(msgs[:4]) == question
+    # a follow-up is read with the question before it (single newline: one paragraph for routing_text)
+    follow = [*msgs, {"role": "user", "content": [{"type": "text", "text": "Now add tests."}]}]
+    assert routing_prompt(follow) == question + "\nNow add tests."
+    assert routing_prompt([*follow, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "Why?"}]) \
+        == question + "\nNow add tests.\nWhy?"
+    # a short conversation reads every user turn; one without a user turn reads its last message
+    assert routing_prompt(msgs[:2] + [{"role": "user", "content": "bye"}]) == "hi\nbye"
+    assert routing_prompt([{"role": "system", "content": "only"}]) == "only"
 
 
 def test_model_names_and_tradeoffs() -> None:
