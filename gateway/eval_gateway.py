@@ -53,6 +53,7 @@ import numpy as np
 from gateway.config import GatewayConfig, ProviderConfig, load_config
 from gateway.policy import expected_cost
 from gateway.tokens import count_messages
+from router_core.conversation import routing_prompt
 from router_core.metrics import bootstrap, cost_grid, curve_points, paired_difference
 from router_core.types import Candidate
 
@@ -142,11 +143,27 @@ def served_pool(config: GatewayConfig, models: Sequence[str], key: str | None = 
                 max_tokens)
 
 
-def messages_of(prompt: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": prompt}]
+# a prompt (sent as one user message) or a whole conversation
+Conversation = str | list[dict[str, Any]]
+# --follow-up: generic second turns, which say nothing of the task on their own
+FOLLOW_UPS = ("Are you sure? Please check your answer.", "Explain that in more detail.", "Can you make it shorter?",
+              "Why?", "Thanks. What would you change to make it better?")
+ANSWER_STUB = "Here is my answer."
 
 
-async def _ask_all(url: str, prompts: Sequence[str], tradeoffs: Sequence[float], key: str | None,
+def messages_of(c: Conversation) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": c}] if isinstance(c, str) else c
+
+
+def with_follow_up(prompt: str, i: int) -> list[dict[str, Any]]:
+    """The prompt, an answer, and a generic follow-up (the i-th, cyclically): what a chat client sends
+    on its second turn. It is scored with the prompt's recorded labels and costs (a proxy: the model
+    that answers the question well is taken to answer the follow-up well)."""
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": ANSWER_STUB},
+            {"role": "user", "content": FOLLOW_UPS[i % len(FOLLOW_UPS)]}]
+
+
+async def _ask_all(url: str, prompts: Sequence[Conversation], tradeoffs: Sequence[float], key: str | None,
                    concurrency: int, max_tokens: int | None, timeout_s: float) -> list[list[str]]:
     import httpx
 
@@ -175,7 +192,7 @@ async def _ask_all(url: str, prompts: Sequence[str], tradeoffs: Sequence[float],
     return out
 
 
-def ask_gateway(url: str, prompts: Sequence[str], tradeoffs: Sequence[float], key: str | None = None,
+def ask_gateway(url: str, prompts: Sequence[Conversation], tradeoffs: Sequence[float], key: str | None = None,
                 concurrency: int = 8, max_tokens: int | None = None, timeout_s: float = 120.0) -> list[list[str]]:
     """(L, N) the provider that answered each prompt at each trade-off (``x-cscr-provider``)."""
     return asyncio.run(_ask_all(url, prompts, tradeoffs, key, concurrency, max_tokens, timeout_s))
@@ -189,13 +206,14 @@ def to_choices(names: list[list[str]], pool: Pool) -> np.ndarray:
     return np.array([[pool.column[n] for n in row] for row in names], dtype=np.int64)
 
 
-def gateway_estimates(prompts: Sequence[str], pool: Pool) -> np.ndarray:
+def gateway_estimates(prompts: Sequence[Conversation], pool: Pool) -> np.ndarray:
     """(N, P) the gateway's cost estimate of each provider before the call (``plan_request``)."""
     tokens = [count_messages(messages_of(p), None, pool.image_tokens) for p in prompts]
     return np.array([[p.cost(t, pool.expected_output) for p in pool.providers] for t in tokens])
 
 
-def ranking_costs(policy: KernelShrinkPolicy, emb: np.ndarray, prompts: Sequence[str], pool: Pool) -> np.ndarray:
+def ranking_costs(policy: KernelShrinkPolicy, emb: np.ndarray, prompts: Sequence[Conversation],
+                  pool: Pool) -> np.ndarray:
     """(N, P) the costs ``rank`` ranks on, from the same candidates ``plan_request`` builds: the
     estimate, and the pricing callback the router prices at its predicted answer length."""
     est = gateway_estimates(prompts, pool)  # (N, P)
@@ -208,7 +226,7 @@ def ranking_costs(policy: KernelShrinkPolicy, emb: np.ndarray, prompts: Sequence
     return out
 
 
-def offline_choices(artifact: str, prompts: Sequence[str], pool: Pool,
+def offline_choices(artifact: str, prompts: Sequence[Conversation], pool: Pool,
                     tradeoffs: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """The served artifact's decisions without HTTP: batch embeddings, ``kernel_policy.decide`` with
     λ = the artifact's λ(T) (T = 1: the cheapest, likelier-right first, as ``rank``), on the
@@ -223,7 +241,7 @@ def offline_choices(artifact: str, prompts: Sequence[str], pool: Pool,
     known = [i for i, p in enumerate(pool.providers) if p.expert in policy.experts and p.name in pool.column]
     if len(known) < len(pool.providers):  # the policy ranks unknown experts last; keep it simple
         raise EvalGatewayError("offline decisions need every provider in the pool to be a known, scored expert")
-    emb = embed_prompts(list(prompts), policy.encoder.name)  # (N, D)
+    emb = embed_prompts([routing_prompt(messages_of(c)) for c in prompts], policy.encoder.name)  # (N, D)
     p_all = policy.router.predict(emb)  # (N, E)
     p_hat = p_all[:, [policy.experts.index(p.expert or "") for p in pool.providers]]  # (N, P)
     est = ranking_costs(policy, emb, prompts, pool)  # (N, P) what rank ranks on
@@ -325,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", default=None, help="the artifact the gateway serves (bundled | path): adds its "
                    "offline decisions and their agreement with the gateway's")
     p.add_argument("--max-prompts", type=int, default=None, help="a seeded random subset of the split")
+    p.add_argument("--follow-up", action="store_true",
+                   help="send each prompt as a conversation ending in a generic follow-up (\"Why?\"), scored "
+                        "with the prompt's labels: how `auto` routes a chat's second turn"),
     p.add_argument("--bootstrap", type=int, default=500)
     p.add_argument("--no-kmeans", action="store_true", help="skip the K-means baseline (needs the training data)")
     p.add_argument("--data", type=Path, default=None, help="data directory (default: ../shared/data)")
@@ -340,16 +361,17 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         raise EvalGatewayError(f"--tradeoffs must be numbers in [0, 1], got {args.tradeoffs!r}")
     es = load_eval_set(args.benchmark, args.split, args.data, args.max_prompts)
     pool = served_pool(load_config(args.config), es.models, args.key, args.max_tokens)
+    sent: list[Conversation] = [with_follow_up(p, i) for i, p in enumerate(es.prompts)] if args.follow_up \
+        else list(es.prompts)
     log.info("%s %s: %d prompts x %d trade-offs to %s", args.benchmark, args.split, len(es.prompts),
              len(tradeoffs), args.url)
     t_send = time.perf_counter()
-    names = ask_gateway(args.url, es.prompts, tradeoffs, args.key, args.concurrency, args.max_tokens)
+    names = ask_gateway(args.url, sent, tradeoffs, args.key, args.concurrency, args.max_tokens)
     send_s = time.perf_counter() - t_send
     choices = {"gateway": to_choices(names, pool)}
     agree: dict[str, Any] | None = None
     if args.artifact is not None:
-        choices["offline"], choices["offline-all-lambdas"] = offline_choices(args.artifact, es.prompts, pool,
-                                                                             tradeoffs)
+        choices["offline"], choices["offline-all-lambdas"] = offline_choices(args.artifact, sent, pool, tradeoffs)
         agree = agreement(choices["gateway"], choices["offline"], tradeoffs)
     if not args.no_kmeans:
         choices["kmeans"] = kmeans_choices(es, args.data)
@@ -358,7 +380,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         write_decisions(args.out / "decisions.csv.gz", es, tradeoffs, names, choices["gateway"])
     return {"command": command, "benchmark": args.benchmark, "split": args.split, "prompts": len(es.prompts),
             "models": es.models, "pool": {p: es.models[j] for p, j in pool.column.items()},
-            "tradeoffs": tradeoffs, "artifact": args.artifact,
+            "tradeoffs": tradeoffs, "follow_up": args.follow_up, "artifact": args.artifact,
             "artifact_recipe": None if args.artifact is None else artifact_recipe(args.artifact),
             "max_tokens": args.max_tokens,
             "data_versions": es.versions, "agreement_gateway_vs_offline": agree, "mix": mix_of(names, tradeoffs),

@@ -42,14 +42,18 @@ def _recipe(recipe: dict[str, Any] | None) -> str:
     return f" ({recipe.get('variant', '?')} fitted on {recipe.get('fit_on', '?')}: {hp})"
 
 
+FOLLOW_UP = ", second turn (each prompt, an answer, then a generic follow-up such as \"Why?\")"
+
+
 def render_one(summary: dict[str, Any]) -> str:
     """One benchmark: AUDC / AUDC-log / peak / QNC per router, paired AUDC differences, agreement."""
     g = summary["grid"]
     ts = summary["tradeoffs"]
     in_sample = summary["artifact"] == "bundled"
     lines = [
-        f"#### {summary['benchmark']} {summary['split']}: {summary['prompts']} prompts, "
-        f"{len(summary['models'])} models, {len(ts)} trade-offs T = {ts[0]:g} .. {ts[-1]:g}",
+        f"#### {summary['benchmark']} {summary['split']}{FOLLOW_UP if summary.get('follow_up') else ''}: "
+        f"{summary['prompts']} prompts, {len(summary['models'])} models, {len(ts)} trade-offs "
+        f"T = {ts[0]:g} .. {ts[-1]:g}",
         "",
         f"Cost grid ${g['lo']:.3g} .. ${g['hi']:.3g} per prompt; best single model {g['best_quality']:.3f} "
         f"at ${g['best_cost']:.3g}. Artifact: `{summary['artifact']}`{_recipe(summary.get('artifact_recipe'))}."

@@ -17,12 +17,14 @@ import yaml
 
 from gateway.config import parse_config
 from gateway.eval_gateway import (
+    Conversation,
     EvalGatewayError,
     artifact_recipe,
     ask_gateway,
     offline_choices,
     served_pool,
     to_choices,
+    with_follow_up,
 )
 from gateway.eval_gateway_report import render_dir, render_one, splice
 from gateway.replay import BUNDLED_REPLAY
@@ -75,14 +77,17 @@ def _models(replay: pd.DataFrame) -> list[str]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.parametrize(("key", "max_tokens"), [("sk-all", 1), ("sk-chat", None)])
+@pytest.mark.parametrize(("key", "max_tokens", "follow_up"), [("sk-all", 1, False), ("sk-chat", None, False),
+                                                             ("sk-all", None, True)])
 def test_http_decisions_equal_offline_decisions(gateway: tuple[str, dict[str, Any]], replay: pd.DataFrame,
-                                                prompts: list[str], key: str, max_tokens: int | None) -> None:
+                                                prompts: list[str], key: str, max_tokens: int | None,
+                                                follow_up: bool) -> None:
     base, raw = gateway
     pool = served_pool(parse_config(raw, "test.yaml", {}), _models(replay), key, max_tokens)
-    names = ask_gateway(base, prompts, TRADEOFFS, key, concurrency=4, max_tokens=max_tokens)
+    sent: list[Conversation] = [with_follow_up(p, i) for i, p in enumerate(prompts)] if follow_up else list(prompts)
+    names = ask_gateway(base, sent, TRADEOFFS, key, concurrency=4, max_tokens=max_tokens)
     served = to_choices(names, pool)  # (L, N) model columns
-    offline, _ = offline_choices("bundled", prompts, pool, TRADEOFFS)
+    offline, _ = offline_choices("bundled", sent, pool, TRADEOFFS)
     assert served.shape == (len(TRADEOFFS), len(prompts))
     np.testing.assert_array_equal(served, offline)
     assert {n for row in names for n in row} <= {p.name for p in pool.providers}  # the key's pool only
