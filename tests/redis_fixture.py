@@ -54,16 +54,29 @@ class RedisServer:
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return True
-            except OSError:
-                time.sleep(0.02)
+            if self._answering_pid() == self.proc.pid:  # ours, not whoever else holds the port
+                return True
+            time.sleep(0.02)
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
         self.proc = None
         return False
+
+    def _answering_pid(self) -> int | None:
+        """The pid of the redis-server that answers on the port (``INFO server``), if one does."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                conn.sendall(b"INFO server\r\n")
+                reply = b""
+                while b"process_id:" not in reply or not reply.split(b"process_id:", 1)[1].count(b"\r\n"):
+                    data = conn.recv(65536)
+                    if not data:
+                        return None
+                    reply += data
+        except OSError:
+            return None
+        return int(reply.split(b"process_id:", 1)[1].split(b"\r\n", 1)[0])
 
     def stop(self) -> None:
         if self.proc is not None:
