@@ -179,16 +179,29 @@ class RogueUpstream:
         self.connections = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
+        self._stopping = asyncio.Event()
+        self._open: set[asyncio.Task[Any]] = set()  # the connections being served
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.port = 0
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        """Serve until ``stop``, then close every connection while the loop still runs: a
+        connection left to the garbage collector closes its writer on a closed loop."""
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
-        self._loop.run_forever()
+        await self._stopping.wait()
         server.close()
+        for task in self._open:
+            task.cancel()
+        await asyncio.gather(*self._open, return_exceptions=True)
+        await server.wait_closed()
 
     @property
     def base(self) -> str:
@@ -200,11 +213,14 @@ class RogueUpstream:
         return self
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join(5)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._open.add(task)
         conn = Conn(writer)
         try:
             while True:
@@ -224,5 +240,6 @@ class RogueUpstream:
         except (asyncio.IncompleteReadError, ConnectionError):
             return
         finally:
+            self._open.discard(task)
             if not writer.is_closing():
                 writer.close()

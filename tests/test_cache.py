@@ -323,17 +323,19 @@ def test_the_cache_write_is_off_the_response_path(upstream: str, redis_srv: Redi
         streamed = {**body, "stream": True, "messages": [{"role": "user", "content": f"paused stream {base}"}]}
         r.client_pause(60_000, all=False)  # writes wait up to a minute; the old path waited with them
         try:
-            answer = httpx.post(base + "/v1/chat/completions", json=body, timeout=10)
+            # well under the pause and the socket timeout: an answer that waited for its write fails
+            answer = httpx.post(base + "/v1/chat/completions", json=body, timeout=20)
             assert answer.status_code == 200 and answer.headers["x-cscr-cache"] == "miss"
-            with httpx.stream("POST", base + "/v1/chat/completions", json=streamed, timeout=10) as events:
+            with httpx.stream("POST", base + "/v1/chat/completions", json=streamed, timeout=20) as events:
                 assert events.headers["x-cscr-cache"] == "miss"
                 text = "".join(events.iter_text())
             assert text.endswith("data: [DONE]\n\n")
             assert r.keys("cscr:cache:*") == []  # answered while the writes still wait
         finally:
             r.client_unpause()
-        deadline = time.monotonic() + 10
-        while len(r.keys("cscr:cache:*")) < 2 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while len(r.keys("cscr:cache:*")) < 2:  # the writes land once the store resumes
+            assert time.monotonic() < deadline, r.keys("cscr:cache:*")
             time.sleep(0.05)
         before = upstream_calls(upstream)
         again = httpx.post(base + "/v1/chat/completions", json=body, timeout=10)
@@ -438,12 +440,12 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 async def test_store_cache_ttl_and_drop(store: Store) -> None:
     assert await store.cache_get("a") is None
-    await store.cache_put("a", "one", ttl_s=0.2, max_entries=10)
+    await store.cache_put("a", "one", ttl_s=1.0, max_entries=10)  # read back well within its second
     await store.cache_put("b", "two", ttl_s=60, max_entries=10)
     assert await store.cache_get("a") == "one"
     await store.cache_drop("b")
     assert await store.cache_get("b") is None
-    time.sleep(0.3)
+    time.sleep(1.1)
     assert await store.cache_get("a") is None
 
 

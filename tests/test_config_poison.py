@@ -74,7 +74,7 @@ def _healthy(base: str, names: set[str]) -> None:
         assert r.headers["x-cscr-provider"] == name
 
 
-def _eventually(check: Callable[[], None], timeout: float = 10.0) -> None:
+def _eventually(check: Callable[[], None], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -59,7 +59,7 @@ def test_a_descriptor_job_exits_when_its_gateway_is_killed(arm_after: float, kil
     assert _alive(child)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60  # imports and the watchdog's poll, on a machine that may be busy
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     gone = not _alive(child)

@@ -67,7 +67,7 @@ class Lines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
 
-    def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+    def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
         """The first line (parsed from the text written) that satisfies ``pred``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -87,7 +87,7 @@ class Traffic:
         self._thread.join(timeout=30)
 
 
-def _wait_for(predicate: Any, timeout: float = 20.0) -> float:
+def _wait_for(predicate: Any, timeout: float = 60.0) -> float:
     start = time.monotonic()
     while not predicate():
         assert time.monotonic() - start < timeout, "condition not reached in time"
@@ -290,7 +290,7 @@ def test_provider_probed_on_arrival_on_two_replicas(tmp_path: Path, upstream: st
             # a replica started later takes the descriptor from the store: ready at once, no job
             procs.append(_serve(paths[1], ports[2]))
             _wait_for(lambda: _ready(ports[2]), timeout=90)
-            _wait_for(lambda: _jobs(bases[2]).get("newcomer", {}).get("state") == "ready", timeout=10)
+            _wait_for(lambda: _jobs(bases[2]).get("newcomer", {}).get("state") == "ready")
             assert _auto_decisions(bases[2], prompts).get("newcomer", 0) > 0
         finally:
             stop_processes(procs)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as redis
 
 from gateway.store import (
     MemoryStore,
@@ -20,6 +22,7 @@ from gateway.store import (
     redact_text,
     redact_url,
 )
+from tests.gateway_fixture import fresh_rate_window
 from tests.redis_fixture import RedisServer, redis_server
 
 
@@ -77,6 +80,7 @@ async def test_expired_holds_free_the_budget_but_settlement_still_counts(store: 
 
 
 async def test_rate_windows(store: Store) -> None:
+    fresh_rate_window(needed_s=10)  # the three hits must share one fixed minute
     assert await store.hit("rpm:k", 1, 2, 60)
     assert await store.hit("rpm:k", 1, 2, 60)
     assert not await store.hit("rpm:k", 1, 2, 60)
@@ -92,11 +96,12 @@ async def test_documents(store: Store) -> None:
 
 
 async def test_leases_elect_one_holder_and_lapse(store: Store) -> None:
-    assert await store.acquire("job", "a", ttl_s=0.3)
-    assert not await store.acquire("job", "b", ttl_s=0.3)
-    assert await store.acquire("job", "a", ttl_s=0.3)  # the holder may renew
+    # a's lease outlives any stall of a loaded machine: only the explicit release may free it
+    assert await store.acquire("job", "a", ttl_s=30)
+    assert not await store.acquire("job", "b", ttl_s=30)
+    assert await store.acquire("job", "a", ttl_s=30)  # the holder may renew
     await store.release("job", "b")  # not b's to release
-    assert not await store.acquire("job", "b", ttl_s=0.3)
+    assert not await store.acquire("job", "b", ttl_s=30)
     await store.release("job", "a")
     assert await store.acquire("job", "b", ttl_s=0.2)
     await asyncio.sleep(0.35)  # a crashed holder's lease lapses
@@ -144,26 +149,35 @@ async def test_a_reserve_that_runs_after_its_release_holds_nothing(store: Store)
     assert await store.settle(Reservation("late", "rid-2", 0.5), 0.0) == 0.0
 
 
+async def _cooldown_over(store: Store, provider: str, deadline_s: float = 30.0) -> None:
+    """Wait until ``provider``'s cooldown has run out (half-open), failing after ``deadline_s``."""
+    deadline = time.monotonic() + deadline_s
+    while (await store.health_state())[provider] > 0.0:
+        assert time.monotonic() < deadline, "the cooldown never ran out"
+        await asyncio.sleep(0.05)
+
+
 async def test_provider_health_opens_a_cooldown_after_failures_in_a_row(store: Store) -> None:
+    # a cooldown of 1 s: still running when read back even on a loaded machine
     assert await store.health_state() == {}
-    assert await store.health_failure("p", 3, 0.3, 60) == 0.0
-    assert await store.health_failure("p", 3, 0.3, 60) == 0.0
+    assert await store.health_failure("p", 3, 1.0, 60) == 0.0
+    assert await store.health_failure("p", 3, 1.0, 60) == 0.0
     await store.health_success("p")  # a success breaks the run
-    assert [await store.health_failure("p", 3, 0.3, 60) for _ in range(3)] == [0.0, 0.0, pytest.approx(0.3)]
+    assert [await store.health_failure("p", 3, 1.0, 60) for _ in range(3)] == [0.0, 0.0, pytest.approx(1.0)]
     left = (await store.health_state())["p"]
-    assert 0.0 < left <= 0.3
-    await asyncio.sleep(0.35)
-    assert (await store.health_state())["p"] <= 0.0  # over: half-open, waiting for a probe
-    assert await store.health_failure("p", 3, 0.3, 60) == pytest.approx(0.3)  # a failed probe reopens at once
+    assert 0.0 < left <= 1.0
+    await _cooldown_over(store, "p")  # over: half-open, waiting for a probe
+    assert await store.health_failure("p", 3, 1.0, 60) == pytest.approx(1.0)  # a failed probe reopens at once
     await store.health_success("p")
     assert await store.health_state() == {}
 
 
 async def test_provider_failures_far_apart_do_not_add_up(store: Store) -> None:
-    assert await store.health_failure("q", 2, 5.0, 0.1) == 0.0
-    await asyncio.sleep(0.2)
-    assert await store.health_failure("q", 2, 5.0, 0.1) == 0.0
-    assert await store.health_failure("q", 2, 5.0, 0.1) == pytest.approx(5.0)
+    # a window of 1 s: the two failures in a row land inside it even on a loaded machine
+    assert await store.health_failure("q", 2, 5.0, 1.0) == 0.0
+    await asyncio.sleep(1.1)
+    assert await store.health_failure("q", 2, 5.0, 1.0) == 0.0
+    assert await store.health_failure("q", 2, 5.0, 1.0) == pytest.approx(5.0)
 
 
 async def test_an_exhausted_pool_waits_then_says_busy_not_unreachable(redis_srv: RedisServer) -> None:
@@ -172,10 +186,16 @@ async def test_an_exhausted_pool_waits_then_says_busy_not_unreachable(redis_srv:
         # 50 concurrent commands share 2 connections: they wait their turn, none fails.
         await asyncio.gather(*(store.reserve("pool", 0.01, None, ttl_s=60) for _ in range(50)))
         assert await store.spent("pool") == pytest.approx(0.5)
-        blockers = [asyncio.create_task(store._redis.blpop(["pool:nothing"], timeout=1)) for _ in range(2)]
+        # both connections held until this test wakes them (not until a timeout it might outlast)
+        blockers = [asyncio.create_task(store._redis.blpop(["pool:nothing"], timeout=60)) for _ in range(2)]
         await asyncio.sleep(0.05)
         with pytest.raises(StoreBusy):
             await store.spent("pool")
+        waker = redis.Redis.from_url(redis_srv.url)
+        try:
+            await waker.rpush("pool:nothing", "a", "b")
+        finally:
+            await waker.aclose()
         await asyncio.gather(*blockers)
     finally:
         await store.aclose()

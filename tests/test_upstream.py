@@ -297,7 +297,7 @@ def test_timeout_fault(client: openai.OpenAI) -> None:
     started = time.monotonic()
     with pytest.raises(openai.APITimeoutError):
         client.with_options(timeout=0.5).chat.completions.create(model="slow", messages=user("hi"))
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10  # the client gave up, long before the 30 s answer
 
 
 async def test_cut_fault(aclient: openai.AsyncOpenAI, client: openai.OpenAI) -> None:
