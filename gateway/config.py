@@ -41,6 +41,7 @@ class ServerConfig:
     estimate_output_tokens: int = 512  # expected output when max_tokens is absent: routing estimates
     max_output_tokens: int = 4096  # output cap sent upstream and reserved for a metered request without max_tokens
     image_tokens: int = 765  # prompt tokens counted per image part (OpenAI: a 1024x1024 image in high detail)
+    file_tokens: int = 4000  # prompt tokens counted per file part (a PDF: ~2 pages of text plus page images)
     reload_interval_s: float = 1.0  # how often the config file and the store's config version are checked
     store_failure: Literal["closed", "open"] = "closed"  # store unreachable: refuse to spend, or serve unmetered
     master_key_env: str | None = None  # env var holding the admin API's master key; None = no admin API
@@ -107,6 +108,8 @@ class ProviderConfig:
     context_window: int | None = None  # prompt + max_tokens, in tokens
     supports_vision: bool | None = None
     supports_tools: bool | None = None
+    supports_audio_input: bool | None = None  # input_audio parts
+    supports_pdf_input: bool | None = None  # file parts (PDFs)
 
     @property
     def upstream_model(self) -> str:
@@ -276,6 +279,7 @@ def _server(r: _Reader | None, env: Mapping[str, str]) -> ServerConfig:
         estimate_output_tokens=r.get("estimate_output_tokens", int, d.estimate_output_tokens),
         max_output_tokens=r.get("max_output_tokens", int, d.max_output_tokens),
         image_tokens=r.get("image_tokens", int, d.image_tokens),
+        file_tokens=r.get("file_tokens", int, d.file_tokens),
         reload_interval_s=r.number("reload_interval_s", d.reload_interval_s, lo=0.05),
         store_failure=failure,
         master_key_env=master_env,
@@ -294,7 +298,7 @@ def _server(r: _Reader | None, env: Mapping[str, str]) -> ServerConfig:
                  "store_max_connections"):
         if getattr(cfg, name) < 1:
             raise ConfigError(r.file, r._field(name), "must be >= 1")
-    for name in ("image_tokens", "provider_failure_threshold"):
+    for name in ("image_tokens", "file_tokens", "provider_failure_threshold"):
         if getattr(cfg, name) < 0:
             raise ConfigError(r.file, r._field(name), "must be >= 0")
     r.done()
@@ -364,6 +368,8 @@ def _provider(r: _Reader, env: Mapping[str, str], litellm_prices: Any) -> Provid
         context_window=window,
         supports_vision=r.get("supports_vision", bool, listed_caps.get("supports_vision")),
         supports_tools=r.get("supports_tools", bool, listed_caps.get("supports_tools")),
+        supports_audio_input=r.get("supports_audio_input", bool, listed_caps.get("supports_audio_input")),
+        supports_pdf_input=r.get("supports_pdf_input", bool, listed_caps.get("supports_pdf_input")),
     )
     if mode != "chat" and (cfg.expert is not None or cfg.describe is not None or cfg.descriptor is not None):
         # The router ranks chat providers; a descriptor would even be probed with chat prompts.
@@ -525,13 +531,16 @@ def _litellm_model_map() -> dict[str, Any]:
 
 def litellm_capabilities(model: str) -> dict[str, Any]:
     """``context_window`` (max_input_tokens), ``supports_vision``, ``supports_tools``
-    (supports_function_calling) from litellm's model map; a field it does not state is left out."""
+    (supports_function_calling), ``supports_audio_input``, ``supports_pdf_input`` from litellm's model
+    map; a field it does not state is left out."""
     table = _litellm_model_map()
     info = table.get(model) or table.get(model.split("/", 1)[-1])
     if not isinstance(info, dict):
         return {}
     found = {"context_window": info.get("max_input_tokens"), "supports_vision": info.get("supports_vision"),
-             "supports_tools": info.get("supports_function_calling")}
+             "supports_tools": info.get("supports_function_calling"),
+             "supports_audio_input": info.get("supports_audio_input"),
+             "supports_pdf_input": info.get("supports_pdf_input")}
     return {k: v for k, v in found.items()
             if (isinstance(v, bool) if k != "context_window" else isinstance(v, int) and not isinstance(v, bool))}
 

@@ -135,21 +135,28 @@ class Needs:
     """What serving a request takes from a provider (``ProviderConfig.context_window`` & co.)."""
 
     vision: bool  # an image part in some message
+    audio: bool  # an input_audio part
+    files: bool  # a file part (a PDF)
     tools: bool  # tool definitions sent
     tokens: int  # prompt tokens + max_tokens (the prompt alone when max_tokens is absent)
 
 
 def request_needs(body: Mapping[str, Any], prompt_tokens: int, max_output_tokens: int | None) -> Needs:
-    images = any(isinstance(part, dict) and part.get("type") == "image_url"
-                 for m in body.get("messages") or [] if isinstance(m, dict) and isinstance(m.get("content"), list)
-                 for part in m["content"])
-    return Needs(images, bool(body.get("tools")), prompt_tokens + (max_output_tokens or 0))
+    kinds = {part.get("type") for m in body.get("messages") or []
+             if isinstance(m, dict) and isinstance(m.get("content"), list)
+             for part in m["content"] if isinstance(part, dict)}
+    return Needs("image_url" in kinds, "input_audio" in kinds, "file" in kinds, bool(body.get("tools")),
+                 prompt_tokens + (max_output_tokens or 0))
 
 
 def lacks(provider: ProviderConfig, needs: Needs) -> tuple[str, str] | None:
     """(why, the capability's name) when ``provider`` cannot serve the request; unknown allows it."""
     if needs.vision and provider.supports_vision is False:
         return f"provider {provider.name!r} does not take images (supports_vision: false)", "vision"
+    if needs.audio and provider.supports_audio_input is False:
+        return f"provider {provider.name!r} does not take audio (supports_audio_input: false)", "audio"
+    if needs.files and provider.supports_pdf_input is False:
+        return f"provider {provider.name!r} does not take files (supports_pdf_input: false)", "files"
     if needs.tools and provider.supports_tools is False:
         return f"provider {provider.name!r} does not take tools (supports_tools: false)", "tools"
     if provider.context_window is not None and needs.tokens > provider.context_window:
@@ -158,7 +165,8 @@ def lacks(provider: ProviderConfig, needs: Needs) -> tuple[str, str] | None:
     return None
 
 
-_CAPABILITY_ERRORS = {"vision": ("messages", "model_not_supported"), "tools": ("tools", "model_not_supported"),
+_CAPABILITY_ERRORS = {"vision": ("messages", "model_not_supported"), "audio": ("messages", "model_not_supported"),
+                      "files": ("messages", "model_not_supported"), "tools": ("tools", "model_not_supported"),
                       "context_window": ("messages", "context_length_exceeded")}
 
 

@@ -169,8 +169,9 @@ async def plan_request(state: GatewayState, request: Request,
     target = resolve_target(config, chat.model, key, request.headers)
     if target.routed:
         refuse_foreign_part(chat)
-    prompt_tokens = count_messages(body["messages"], body.get("tools"), config.server.image_tokens)
-    target = capable(target, request_needs(body, prompt_tokens, chat.max_output_tokens))  # images, tools, window
+    prompt_tokens = count_messages(body["messages"], body.get("tools"), config.server.image_tokens,
+                                   config.server.file_tokens)
+    target = capable(target, request_needs(body, prompt_tokens, chat.max_output_tokens))  # parts, tools, window
     # Routing and eligibility use the expected output; a metered request reserves (and sends
     # upstream) a hard output cap instead, so it can never cost more than was reserved.
     expected = chat.max_output_tokens or config.server.estimate_output_tokens

@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per message in OpenAI's chat format
 REPLY_PRIMING_TOKENS = 3
 IMAGE_TOKENS = 765  # per image part: OpenAI's count for a 1024x1024 image in high detail (server.image_tokens)
+FILE_TOKENS = 4000  # per file part (server.file_tokens): a PDF's pages go in as text plus an image each
+# An audio part's length is bounded from its size: no format in use is smaller than 8 kbit/s (MP3's
+# lowest bitrate), and Gemini documents 32 tokens per second of audio (OpenAI publishes no rate). An
+# upper bound, and a loose one: a 16 kHz 16-bit WAV counts 32x its real length.
+AUDIO_MIN_BYTES_PER_SECOND = 1000
+AUDIO_TOKENS_PER_SECOND = 32
 
 _CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 _CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
@@ -78,17 +85,38 @@ def count_text(text: str) -> int:
     return len(encoding().encode(text, disallowed_special=()))
 
 
-def count_messages(messages: list[dict[str, Any]], tools: Any = None, image_tokens: int = IMAGE_TOKENS) -> int:
+def audio_tokens(data: str) -> int:
+    """An upper bound on the tokens of an ``input_audio`` part from its base64 ``data``."""
+    seconds = len(data) * 3 / 4 / AUDIO_MIN_BYTES_PER_SECOND
+    return math.ceil(seconds * AUDIO_TOKENS_PER_SECOND)
+
+
+def _part_tokens(part: Any, image_tokens: int, file_tokens: int) -> int:
+    """Tokens of a content part that is not text (text parts are counted with the message's text)."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "image_url":
+        return image_tokens
+    if kind == "input_audio":
+        audio = part.get("input_audio")
+        return audio_tokens(audio["data"]) if isinstance(audio, dict) and isinstance(audio.get("data"), str) else 0
+    if kind == "file":
+        return file_tokens
+    return 0
+
+
+def count_messages(messages: list[dict[str, Any]], tools: Any = None, image_tokens: int = IMAGE_TOKENS,
+                   file_tokens: int = FILE_TOKENS) -> int:
     """Prompt tokens of a chat request, as OpenAI counts them for its cl100k models (an estimate
     for other tokenizers: it only sizes a budget reservation, the bill uses the provider's usage).
-    Tool definitions count as their JSON, an assistant's tool calls as theirs, and every image part
-    as ``image_tokens`` (the real count depends on its size and detail, unknown here)."""
+    Tool definitions count as their JSON, an assistant's tool calls as theirs, every image part as
+    ``image_tokens`` and every file part as ``file_tokens`` (the real counts depend on sizes and pages,
+    unknown here), an audio part as the most its size can hold (``audio_tokens``)."""
     total = REPLY_PRIMING_TOKENS
     for m in messages:
         total += MESSAGE_OVERHEAD_TOKENS + count_text(message_text(m))
         content = m.get("content")
         if isinstance(content, list):
-            total += image_tokens * sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image_url")
+            total += sum(_part_tokens(p, image_tokens, file_tokens) for p in content)
         if m.get("tool_calls"):
             total += count_text(json.dumps(m["tool_calls"], separators=(",", ":")))
     if tools:

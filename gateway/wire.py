@@ -68,20 +68,36 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity; JSON does not
 
 
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')  # translate() drops these
 _STEP = np.zeros(256, dtype=np.int8)
 _STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
+_QUOTE = ord('"')
 
 
 def _depth_exceeds(raw: bytes, limit: int) -> bool:
     """Whether the JSON text nests deeper than ``limit``, read from the bytes before parsing: Python's
     json recurses per level, and a RecursionError leaves CPython 3.11's compiler unusable in the
-    process (later imports fail with "AST constructor recursion depth mismatch")."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:  # cannot nest deeper than it has brackets
+    process (later imports fail with "AST constructor recursion depth mismatch").
+
+    Brackets inside strings do not nest. The string bounds are read as json reads them: escapes
+    first (``\\\\`` then ``\\"``, left to right as the parser pairs them), then every quote opens or
+    closes one; past a syntax error the count may be wrong, but json stops there too. Byte ops and
+    numpy over the structural bytes: 10-20x cheaper on a 100 KB body than matching each string with a
+    regex (bench/json_depth_bench.py)."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:  # cannot nest deeper than it has brackets (any encoding)
         return False
-    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)  # brackets outside strings
-    return bool(brackets) and int(np.cumsum(_STEP[np.frombuffer(brackets, dtype=np.uint8)]).max()) > limit
+    encoding = json.detect_encoding(raw)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        try:  # UTF-16/32 (json takes them): a quote or bracket byte may be half of another character
+            raw = raw.decode(encoding, "surrogatepass").encode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return False  # json.loads fails decoding it, before it parses anything
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = np.frombuffer(raw.translate(None, _NOT_STRUCTURE), dtype=np.uint8)  # UTF-8: all ASCII bytes
+    steps = _STEP[structure]
+    steps[(np.cumsum(structure == _QUOTE, dtype=np.int32) & 1).astype(bool)] = 0  # inside a string
+    return bool(steps.size) and int(np.cumsum(steps, dtype=np.int32).max()) > limit
 
 
 def parse_body(raw: bytes, limit: int) -> dict[str, Any]:

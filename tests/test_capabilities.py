@@ -1,5 +1,5 @@
-"""Capability filter: providers declare (or litellm's map states) their context window, vision and
-tool support; ``auto`` ranks only the providers that can serve a request, a named one that cannot is
+"""Capability filter: providers declare (or litellm's map states) their context window, vision, audio,
+PDF and tool support; ``auto`` ranks only the providers that can serve a request, a named one that cannot is
 a 400 naming why, and a provider's own context-length 400 falls back to the next provider. A real
 gateway over real sockets, the real replay upstream and the official ``openai`` client."""
 
@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from gateway.config import ConfigError, parse_config
+from gateway.tokens import count_messages
 from gateway.upstream import start_upstream
 from tests.gateway_fixture import provider, start_gateway
 
@@ -21,6 +22,8 @@ pytestmark = pytest.mark.integration
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
 LONG = "Summarise the history of the printing press in Europe. " * 60  # ~600 tokens
+AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+PDF = {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}}
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +36,11 @@ def upstream() -> Iterator[str]:
 def _gateway(up: str, *providers: dict[str, Any]) -> tuple[str, Any]:
     return start_gateway({"router": {"artifact": "none"}, "server": {"max_attempts": 3, "deadline_s": 20},
                           "providers": list(providers)})
+
+
+def _ask(*parts: Any) -> list[Any]:
+    """One user message of ``parts`` (as list[Any]: the openai client's TypedDicts cannot tell them apart)."""
+    return [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, *parts]}]
 
 
 def _post(base: str, content: Any, model: str = "auto", **extra: Any) -> httpx.Response:
@@ -67,8 +75,7 @@ def test_named_provider_that_cannot_serve_is_400_naming_why(upstream: str) -> No
     client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
     try:
         with pytest.raises(openai.BadRequestError) as info:
-            client.chat.completions.create(model="text-only", messages=[
-                {"role": "user", "content": [{"type": "text", "text": "What is this?"}, IMAGE]}])  # type: ignore[list-item]
+            client.chat.completions.create(model="text-only", messages=_ask(IMAGE))
         assert "supports_vision: false" in info.value.message and "text-only" in info.value.message
         with pytest.raises(openai.BadRequestError) as info:
             client.chat.completions.create(model="text-only", messages=[{"role": "user", "content": "hi"}],
@@ -146,3 +153,99 @@ def test_capability_fields_parse_and_fall_back_to_litellm() -> None:
         cfg(context_window=0)
     with pytest.raises(ConfigError, match="supports_vision"):
         cfg(supports_vision="yes")
+
+
+def test_auto_skips_providers_without_audio_or_pdf_input(upstream: str) -> None:
+    """Audio and file parts were not looked at: the cheapest provider got them, audio or not."""
+    base, stop = _gateway(upstream,
+                          provider("text-only", "openai/mistralai/mistral-7b-chat", upstream, (0.1, 0.1),
+                                   supports_audio_input=False, supports_pdf_input=False),
+                          provider("gpt-4", "openai/gpt-4-1106-preview", upstream, (10.0, 30.0),
+                                   supports_audio_input=True, supports_pdf_input=True))
+    try:
+        for part in (AUDIO, PDF):
+            r = _post(base, [{"type": "text", "text": "What is in this?"}, part])
+            assert r.status_code == 200 and r.headers["x-cscr-tried"] == "gpt-4", r.text
+        assert _post(base, "What is 2 + 2?").headers["x-cscr-provider"] == "text-only"
+    finally:
+        stop()
+
+
+def test_named_provider_without_audio_or_pdf_input_is_400_naming_why(upstream: str) -> None:
+    base, stop = _gateway(upstream,
+                          provider("text-only", "openai/mistralai/mistral-7b-chat", upstream, (0.1, 0.1),
+                                   supports_audio_input=False, supports_pdf_input=False),
+                          provider("gpt-4", "openai/gpt-4-1106-preview", upstream, (10.0, 30.0)))
+    client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+    try:
+        for part, field in ((AUDIO, "supports_audio_input: false"), (PDF, "supports_pdf_input: false")):
+            with pytest.raises(openai.BadRequestError) as info:
+                client.chat.completions.create(model="text-only", messages=_ask(part))
+            assert field in info.value.message and "text-only" in info.value.message
+            assert info.value.param == "messages" and info.value.code == "model_not_supported"
+        r = client.chat.completions.create(model="gpt-4", messages=_ask(AUDIO))  # unknown allows it
+        assert r.choices
+    finally:
+        stop()
+
+
+def test_no_provider_takes_audio_or_pdf_is_400_naming_the_capability(upstream: str) -> None:
+    base, stop = _gateway(upstream,
+                          provider("a", "openai/mistralai/mistral-7b-chat", upstream, (0.1, 0.1),
+                                   supports_audio_input=False, supports_pdf_input=False),
+                          provider("b", "openai/gpt-4-1106-preview", upstream, (10.0, 30.0),
+                                   supports_audio_input=False, supports_pdf_input=False))
+    try:
+        for part, missing in ((AUDIO, "audio"), (PDF, "files")):
+            r = _post(base, [{"type": "text", "text": "What is this?"}, part])
+            assert r.status_code == 400, r.text
+            error = r.json()["error"]
+            assert f"no provider can serve this request (missing: {missing})" in error["message"], error
+            assert "'a'" in error["message"] and "'b'" in error["message"]
+    finally:
+        stop()
+
+
+def test_audio_and_files_count_toward_the_prompt(upstream: str) -> None:
+    """They counted 0 tokens: a request with a minute of audio or a PDF fit any window, and reserved
+    only its text. Audio counts the most its size can hold (8 kbit/s, 32 tokens a second); a file
+    ``server.file_tokens``."""
+    text_only = count_messages([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+    audio = {"type": "input_audio", "input_audio": {"data": "A" * 40_000, "format": "mp3"}}  # 30 KB: 30 s at most
+    assert count_messages([{"role": "user", "content": [{"type": "text", "text": "hi"}, audio]}]) == text_only + 960
+    assert count_messages([{"role": "user", "content": [{"type": "text", "text": "hi"}, PDF]}],
+                          file_tokens=1234) == text_only + 1234
+    base, stop = _gateway(upstream,
+                          provider("small", "openai/mistralai/mistral-7b-chat", upstream, (0.1, 0.1),
+                                   context_window=500),
+                          provider("gpt-4", "openai/gpt-4-1106-preview", upstream, (10.0, 30.0)))
+    client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+    try:
+        assert _post(base, [{"type": "text", "text": "hi"}, AUDIO]).headers["x-cscr-provider"] == "small"
+        for part in (audio, PDF):  # 960 and 4000 tokens: past small's window
+            r = _post(base, [{"type": "text", "text": "What is this?"}, part])
+            assert r.status_code == 200 and r.headers["x-cscr-tried"] == "gpt-4", r.text
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="small", messages=_ask(PDF))
+        assert info.value.code == "context_length_exceeded" and "context window of 500" in info.value.message
+    finally:
+        stop()
+
+
+def test_audio_and_pdf_fields_parse_and_fall_back_to_litellm() -> None:
+    def cfg(model: str = "gemini/gemini-2.5-flash-image", **extra: Any) -> Any:
+        return parse_config({"providers": [provider("p", model, "http://x/v1", **extra)]}).providers[0]
+
+    listed = cfg()  # litellm's map: no audio, PDFs
+    assert (listed.supports_audio_input, listed.supports_pdf_input) == (False, True)
+    declared = cfg(supports_audio_input=True, supports_pdf_input=False)
+    assert (declared.supports_audio_input, declared.supports_pdf_input) == (True, False)
+    unknown = cfg("openai/no-such-model")
+    assert (unknown.supports_audio_input, unknown.supports_pdf_input) == (None, None)
+    for bad in ({"supports_audio_input": "yes"}, {"supports_pdf_input": 1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            cfg(**bad)
+    assert parse_config({"server": {"file_tokens": 900}}).server.file_tokens == 900
+    for bad_tokens in (-1, "many", 2.5):
+        with pytest.raises(ConfigError, match="file_tokens"):
+            parse_config({"server": {"file_tokens": bad_tokens}})

@@ -110,6 +110,10 @@ def _body(**extra: Any) -> bytes:
     (b'{"model": "good", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None),  # past Python's limit
     (b'{"model": "good", "messages": [{"role": "user", "content": "hi", "x": ' + b"[" * 500 + b"]" * 500
      + b"}]}", None),  # within Python's limit, past ours
+    # UTF-16 (json.loads takes it): the quote byte of U+2200 opened a string for a byte-level reader,
+    # which hid the nesting after it from the check; json.loads recursed past Python's limit
+    (('{"model": "good", "messages": [{"role": "user", "content": "hi"}], "metadata": {"x": ["\u2200", '
+      + "[" * 5_000 + "]" * 5_000 + ', "y"]}}').encode("utf-16-le"), None),
     (_body(messages=[{"role": "user", "content": [{"type": "text", "text": None}]}]), "messages[0].content[0].text"),
     (_body(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]), "messages[0].content[0].text"),
     (b'{"model": "good", "max_tokens": 1' + b"0" * 400 + b', "messages": [{"role": "user", "content": "hi"}]}',

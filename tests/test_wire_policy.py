@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import json.scanner
 import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config import parse_config
 from gateway.errors import BodyTooLarge, BudgetExceeded, InvalidRequest, ModelNotFound, PermissionDenied
 from gateway.policy import cost_cap, eligible, estimate_cost, resolve_target
-from gateway.wire import parse_body, validate_chat
+from gateway.wire import _depth_exceeds, parse_body, validate_chat
 from router_core.conversation import routing_prompt
 
 CFG = parse_config(
@@ -39,6 +45,59 @@ def test_parse_body_limits_and_json() -> None:
         parse_body(b"{", 100)
     with pytest.raises(InvalidRequest, match="JSON object"):
         parse_body(b"[1]", 100)
+
+
+def _json_depth(raw: bytes) -> int:
+    """How deep Python's json nests parsing ``raw`` before it finishes or fails: its pure-Python
+    scanner (the C one follows the same grammar), each object and array counted as it is entered."""
+    try:
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    except UnicodeDecodeError:
+        return 0
+    depth = deepest = 0
+    decoder: Any = json.JSONDecoder()
+
+    def nest(parse: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any) -> Any:
+            nonlocal depth, deepest
+            depth += 1
+            deepest = max(deepest, depth)
+            try:
+                return parse(*args)
+            finally:
+                depth -= 1
+        return counted
+
+    decoder.parse_object, decoder.parse_array = nest(decoder.parse_object), nest(decoder.parse_array)
+    try:
+        json.scanner.py_make_scanner(decoder)(text, len(text) - len(text.lstrip(" \t\n\r")))  # type: ignore[attr-defined]
+    except (StopIteration, ValueError):
+        pass
+    return deepest
+
+
+# strings full of what could fool a bracket count: brackets, quotes, backslashes, and characters whose
+# UTF-16 form holds a quote (U+2200), backslash (U+5C22) or bracket byte (U+5B7B)
+_TRICKY = st.text(alphabet='[]{}"\\ ab\n\u2200\u5c22\u5b7b\u00e9', max_size=8)
+_VALUES = st.recursive(st.none() | st.integers() | _TRICKY,
+                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY, inner, max_size=3),
+                       max_leaves=30)
+_ENCODINGS = st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"])
+
+
+@settings(max_examples=400, deadline=None, database=None, derandomize=True)
+@given(value=_VALUES, ascii_only=st.booleans(), encoding=_ENCODINGS, cut=st.integers(0, 400),
+       insert=st.sampled_from(["", "[", "{", '"', "\\", "]", "\\\""]), limit=st.integers(0, 6))
+def test_depth_check_reads_nesting_as_json_does(value: Any, ascii_only: bool, encoding: str, cut: int, insert: str,
+                                                limit: int) -> None:
+    """Exact on valid JSON in every encoding json.loads takes (a UTF-16 body's quote byte could be half
+    of a character and hide brackets from a byte-level reader); on broken JSON it never says less than
+    json would nest before failing."""
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    raw = text.encode(encoding, "surrogatepass")
+    assert _depth_exceeds(raw, limit) == (_json_depth(raw) > limit), text
+    broken = (text[:cut] + insert + text[cut + 1:]).encode(encoding, "surrogatepass")
+    assert _depth_exceeds(broken, limit) or _json_depth(broken) <= limit, broken
 
 
 def test_validate_accepts_openai_shapes() -> None:
