@@ -197,7 +197,7 @@ class DescriptorJobs:
             doc = {**vector_doc, "provider": p.name, "model": p.model, "key": key, "made_at": time.time(),
                    "seconds": round(time.time() - t0, 1)}
             await self.store.put_doc(DESCRIPTOR_DOCS, key, doc)
-            self.status[p.name] = _ready(doc)
+            # still "running": ``on_done``'s install finds it in the store and says "ready" as it adds it
             log.info("descriptor of %s made in %.0f s (%s)", p.name, doc["seconds"], json.dumps(doc["report"]))
         except Exception as exc:  # recorded for every replica; retried after RETRY_FAILED_S
             error = f"{type(exc).__name__}: {exc}"

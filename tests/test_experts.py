@@ -192,3 +192,30 @@ async def test_failed_descriptor_is_retried_when_due(monkeypatch: pytest.MonkeyP
     await asyncio.wait_for(done.wait(), 5)
     made = await jobs.ensure(p, SPEC)
     assert made is not None and made["vector"] == [0.6, 0.8] and jobs.status["newbie"]["state"] == "ready"
+
+
+async def test_a_finished_job_is_ready_only_once_its_expert_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/ready said "ready" while the job's on_done still waited to install the expert: a client that
+    waited for "ready" could be routed without it. "ready" is now set by the install itself."""
+    import asyncio
+
+    from gateway.describe import DescriptorJobs
+
+    p = _describing("probe").providers[0]  # type: ignore[attr-defined]
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def install() -> None:  # what the reloader's on_done does: ensure, then add the expert
+        seen.append(jobs.status["newbie"]["state"])
+        assert await jobs.ensure(p, SPEC) is not None
+        seen.append(jobs.status["newbie"]["state"])
+        done.set()
+
+    async def fake_child(self: DescriptorJobs, prov: object, spec: object) -> dict[str, object]:
+        return {**_doc([0.6, 0.8]), "sha256": "x", "report": {"answered": 192}}
+
+    monkeypatch.setattr(DescriptorJobs, "_child", fake_child)
+    jobs = DescriptorJobs(MemoryStore(), install)
+    assert await jobs.ensure(p, SPEC) is None
+    await asyncio.wait_for(done.wait(), 5)
+    assert seen == ["running", "ready"]
