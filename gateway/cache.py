@@ -179,8 +179,9 @@ async def remember(store: Store, config: CacheConfig, ticket: Ticket, payload: d
 
 
 class Assembler:
-    """Builds the chat.completion a stream amounts to, chunk by chunk. A chunk it cannot read (or
-    one with logprobs, which it does not merge) spoils the result: nothing is stored, nothing fails."""
+    """Builds the chat.completion a stream amounts to, chunk by chunk: text, tool calls and logprobs
+    (each chunk carries those of its own tokens, so their lists are concatenated). A chunk it cannot
+    read spoils the result: nothing is stored, nothing fails."""
 
     def __init__(self) -> None:
         self.head: dict[str, Any] = {}
@@ -220,9 +221,20 @@ class Assembler:
                     if isinstance(fn.get(name), str):
                         slot["function"][name] += fn[name]
             if c.get("logprobs"):
-                self.spoilt = True
+                self._add_logprobs(choice, c["logprobs"])
             if c.get("finish_reason"):
                 choice["finish_reason"] = c["finish_reason"]
+
+    @staticmethod
+    def _add_logprobs(choice: dict[str, Any], logprobs: Mapping[str, Any]) -> None:
+        merged = choice["logprobs"] or {"content": None, "refusal": None}
+        for name, tokens in logprobs.items():
+            if tokens is None:
+                continue
+            if name not in ("content", "refusal") or not isinstance(tokens, list):
+                raise TypeError(f"logprobs.{name} is not a list of tokens")  # a shape not worth guessing at
+            merged[name] = (merged.get(name) or []) + tokens
+        choice["logprobs"] = merged
 
     def result(self) -> dict[str, Any] | None:
         """The assembled chat.completion; None when a chunk spoilt it."""

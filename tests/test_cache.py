@@ -381,6 +381,29 @@ def test_stream_assembly_inverts_replay() -> None:
     spoilt.add({"choices": [{"index": 0, "delta": {"content": "x"}, "logprobs": {"content": []}}]})
     spoilt.add({"choices": "nonsense"})
     assert spoilt.result() is None
+    odd = cache.Assembler()
+    odd.add({"choices": [{"index": 0, "delta": {"content": "x"}, "logprobs": {"content": "not a list"}}]})
+    assert odd.result() is None
+
+
+def test_a_streamed_answer_with_logprobs_is_assembled_and_replayed_whole() -> None:
+    """Streams with logprobs were never stored (the assembler gave up on them): every repeat of a
+    logprobs request missed. Its chunks' token lists now add up to the non-streamed answer's."""
+    tokens = [{"token": t, "logprob": -0.1 * i, "bytes": list(t.encode()), "top_logprobs": []}
+              for i, t in enumerate(["Par", "is", "."])]
+    whole = {"id": "c3", "object": "chat.completion", "created": 1, "model": "m",
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."},
+                          "logprobs": {"content": tokens, "refusal": None}, "finish_reason": "stop"}]}
+    assembler = cache.Assembler()
+    for event in cache.replay(whole, include_usage=False)[:-1]:
+        assembler.add(json.loads(event.removeprefix(b"data: ")))
+    assert assembler.result() == whole
+    by_chunk = cache.Assembler()  # as a provider streams them: one token per chunk
+    for t in tokens:
+        by_chunk.add({"id": "c3", "created": 1, "model": "m", "choices": [
+            {"index": 0, "delta": {"content": t["token"]}, "logprobs": {"content": [t], "refusal": None}}]})
+    by_chunk.add({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    assert by_chunk.result() == whole
 
 
 def test_a_stream_replayed_from_a_non_streamed_answer_carries_its_logprobs() -> None:
