@@ -29,10 +29,12 @@ REPLY_PRIMING_TOKENS = 3
 IMAGE_TOKENS = 765  # per image part: OpenAI's count for a 1024x1024 image in high detail (server.image_tokens)
 FILE_TOKENS = 4000  # per file part (server.file_tokens): a PDF's pages go in as text plus an image each
 # An audio part's length is bounded from its size: no format in use is smaller than 8 kbit/s (MP3's
-# lowest bitrate), and Gemini documents 32 tokens per second of audio (OpenAI publishes no rate). An
-# upper bound, and a loose one: a 16 kHz 16-bit WAV counts 32x its real length.
+# lowest bitrate), and Gemini documents 32 tokens per second of audio (OpenAI publishes no rate). A
+# WAV says its own rate in its header (a 16 kHz 16-bit one is 32,000 bytes a second: the bound alone
+# would count it 32x its length); other formats take the bound.
 AUDIO_MIN_BYTES_PER_SECOND = 1000
 AUDIO_TOKENS_PER_SECOND = 32
+_WAV_HEAD_CHARS = 344  # base64 of the first 258 bytes: RIFF/WAVE, then the chunks up to "fmt "
 
 _CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 _CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
@@ -85,10 +87,37 @@ def count_text(text: str) -> int:
     return len(encoding().encode(text, disallowed_special=()))
 
 
+def wav_bytes_per_second(data: str) -> int | None:
+    """The bytes per second of a base64 WAV from its ``fmt `` chunk: the lower of its byte-rate field
+    and sample rate x channels x bytes per sample (a decoder plays it at one of them; the lower counts
+    the longer), or None when ``data`` does not start as a WAV with a readable ``fmt `` chunk."""
+    try:
+        head = base64.b64decode(data[:_WAV_HEAD_CHARS], validate=True)
+    except ValueError:
+        return None
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    at = 12
+    while at + 8 <= len(head):
+        size = int.from_bytes(head[at + 4:at + 8], "little")
+        if head[at:at + 4] == b"fmt " and at + 24 <= len(head):
+            channels = int.from_bytes(head[at + 10:at + 12], "little")
+            rate = int.from_bytes(head[at + 12:at + 16], "little")
+            byte_rate = int.from_bytes(head[at + 16:at + 20], "little")
+            bits = int.from_bytes(head[at + 22:at + 24], "little")
+            rates = [r for r in (byte_rate, rate * channels * bits // 8) if r > 0]
+            return min(rates) if rates else None
+        at += 8 + size + (size & 1)  # chunks are padded to an even size
+    return None
+
+
 def audio_tokens(data: str) -> int:
-    """An upper bound on the tokens of an ``input_audio`` part from its base64 ``data``."""
-    seconds = len(data) * 3 / 4 / AUDIO_MIN_BYTES_PER_SECOND
-    return math.ceil(seconds * AUDIO_TOKENS_PER_SECOND)
+    """Tokens of an ``input_audio`` part from its base64 ``data``: its length at the rate its WAV
+    header gives (the provider plays it at that rate too, so that is the length it bills), else the
+    longest it can be (8 kbit/s, the slowest format in use)."""
+    size = len(data) * 3 / 4 - (2 if data.endswith("==") else 1 if data.endswith("=") else 0)  # decoded bytes
+    rate = max(wav_bytes_per_second(data) or AUDIO_MIN_BYTES_PER_SECOND, AUDIO_MIN_BYTES_PER_SECOND)
+    return math.ceil(size / rate * AUDIO_TOKENS_PER_SECOND)
 
 
 def _part_tokens(part: Any, image_tokens: int, file_tokens: int) -> int:

@@ -5,6 +5,9 @@ gateway over real sockets, the real replay upstream and the official ``openai`` 
 
 from __future__ import annotations
 
+import base64
+import io
+import wave
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +16,7 @@ import openai
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from gateway.tokens import count_messages
+from gateway.tokens import audio_tokens, count_messages
 from gateway.upstream import start_upstream
 from tests.gateway_fixture import provider, start_gateway
 
@@ -230,6 +233,29 @@ def test_audio_and_files_count_toward_the_prompt(upstream: str) -> None:
         assert info.value.code == "context_length_exceeded" and "context window of 500" in info.value.message
     finally:
         stop()
+
+
+def _wav(seconds: int, rate: int = 16000, channels: int = 1) -> str:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\0\0" * rate * channels * seconds)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_a_wav_counts_its_own_length() -> None:
+    """A WAV's header gives its rate: 10 s of 16 kHz 16-bit audio is 320 tokens, not the 10,240 the
+    8 kbit/s bound gives its 320 KB (which pushed it past small windows and over-reserved budgets)."""
+    assert audio_tokens(_wav(10)) == 321  # 10 s and its 44-byte header, at 32 tokens a second
+    assert audio_tokens(_wav(10, 48000, 2)) == 321
+    headerless = base64.b64encode(b"\xff\xfb" * 16000).decode()  # 32 KB that is no WAV: the bound
+    assert audio_tokens(headerless) == 1024
+    assert audio_tokens("not base64 at all!") == audio_tokens("x" * 18)
+    lying = bytearray(base64.b64decode(_wav(10)))
+    lying[28:32] = (10**9).to_bytes(4, "little")  # byte-rate field: the lower of it and the sample format's counts
+    assert audio_tokens(base64.b64encode(bytes(lying)).decode()) == 321
 
 
 def test_audio_and_pdf_fields_parse_and_fall_back_to_litellm() -> None:
