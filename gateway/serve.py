@@ -153,10 +153,13 @@ def one_native_thread(env: MutableMapping[str, str]) -> None:
     such product and spins it: served over HTTP on a 2-core machine, a gateway ranking MMLU-Pro's 31
     models over 7,902 probe prompts used 3.7-6.1 ms of CPU per request with two threads and 1.4-1.6 ms
     with one (docs/BENCHMARKS.md). Concurrency comes from the event loop, not from inside one product.
-    An operator's own value wins (``setdefault``); the Dockerfile and the Kubernetes manifest set the
-    same."""
+    An operator's own value wins, and one of the three set alone sets the others: OpenBLAS reads
+    OPENBLAS_NUM_THREADS before OMP_NUM_THREADS, so a default for it would override an operator's
+    OMP_NUM_THREADS. The Dockerfile and the Kubernetes manifest set the same."""
+    chosen = next((env[var] for var in SERVING_THREADS if env.get(var)), "1")
     for var in SERVING_THREADS:
-        env.setdefault(var, "1")
+        if not env.get(var):
+            env[var] = chosen
 
 
 def main(argv: list[str]) -> int:

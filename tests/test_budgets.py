@@ -88,6 +88,11 @@ def test_admin_api_create_use_update_revoke(upstream: str, prompt: str) -> None:
         assert admin.post("/admin/keys", json={"name": "team"}).status_code == 409
         bad = admin.post("/admin/keys", json={"name": "x", "budget_usd": "lots"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "budget_usd"
+        # the body checks of every endpoint: a lone surrogate in a name was saved, then every read was a 500
+        lone = admin.post("/admin/keys", content=b'{"name": "a\\ud800b"}')
+        assert lone.status_code == 400 and lone.json()["error"]["param"] == "name", lone.text
+        deep = admin.post("/admin/keys", content=b'{"name": "d", "budget_usd": ' + b"[" * 5000 + b"]" * 5000 + b"}")
+        assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json"
         listed = admin.get("/admin/keys").json()["data"]
         assert [k["name"] for k in listed] == ["team"] and secret not in str(listed)
 

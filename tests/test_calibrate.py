@@ -134,5 +134,5 @@ def test_a_follow_up_is_read_with_its_question_as_the_gateway_reads_it(tmp_path:
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"messages": conversation}) + "\n" + json.dumps({"messages": conversation[:2]}) + "\n")
     follow_up, alone = read_requests(path)
-    assert follow_up.prompt == question + "\nWhy?" == routing_prompt(conversation)
-    assert alone.prompt == question
+    assert follow_up.prompt == question.strip() + "\nWhy?" == routing_prompt(conversation)
+    assert alone.prompt == question.strip()

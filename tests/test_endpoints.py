@@ -402,6 +402,10 @@ def test_messages_errors_are_anthropic_shaped(claude: anthropic.Anthropic, gatew
         bad.messages.create(model="auto", max_tokens=10, messages=[{"role": "user", "content": "x"}])
     with pytest.raises(anthropic.NotFoundError):
         claude.messages.create(model="no-such-model", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(anthropic.BadRequestError) as err:  # a tool_result's text block with a number: was a 500
+        claude.messages.create(model="auto", max_tokens=10, messages=[{"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "x", "content": [{"type": "text", "text": 5}]}]}])  # type: ignore
+    assert "tool_result" in err.value.body["error"]["message"]  # type: ignore[index]
     with pytest.raises(anthropic.APIStatusError) as broke:  # the stream breaks after it started
         with claude.messages.stream(model="cutter", max_tokens=100,
                                     messages=[{"role": "user", "content": "Tell me a story."}]) as stream:

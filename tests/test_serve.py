@@ -117,15 +117,17 @@ _POOLS = ("import json, os; from gateway.serve import one_native_thread; one_nat
           "print(json.dumps(sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'})))")
 
 
-@pytest.mark.parametrize(("preset", "expected"), [(None, [1]), ("2", [2])])
-def test_serving_uses_one_blas_thread_unless_the_operator_says(preset: str | None, expected: list[int]) -> None:
+@pytest.mark.parametrize(("var", "preset", "expected"), [(None, None, [1]), ("OPENBLAS_NUM_THREADS", "2", [2]),
+                                                         ("OMP_NUM_THREADS", "2", [2])])
+def test_serving_uses_one_blas_thread_unless_the_operator_says(var: str | None, preset: str | None,
+                                                               expected: list[int]) -> None:
     """The router's one-row similarity product cost 6-8x the CPU per request with OpenBLAS's default
     of a thread per core (docs/BENCHMARKS.md). ``cscr serve`` defaults the pools to one thread before
     numpy loads; an operator's OMP_NUM_THREADS / OPENBLAS_NUM_THREADS still wins."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                            "MKL_NUM_THREADS")}
-    if preset is not None:
-        env["OPENBLAS_NUM_THREADS"] = preset
+    if var is not None and preset is not None:  # OMP_NUM_THREADS alone: OpenBLAS must not get a 1 of ours
+        env[var] = preset
     out = subprocess.run([sys.executable, "-c", _POOLS], env=env, capture_output=True, text=True, timeout=120,
                          check=True)
     assert json.loads(out.stdout) == expected

@@ -133,12 +133,18 @@ def test_routing_prompt_reads_the_users_words_back_to_a_question() -> None:
             {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": question},
             {"role": "assistant", "content": "def parse(s): ..."}]
     # a question that says what it asks is read alone: no system prompt, no answers, no earlier turns
-    assert routing_prompt(msgs[:4]) == question
+    assert routing_prompt(msgs[:4]) == question.strip()  # stripped, as routing_text strips it anyway
     # a follow-up is read with the question before it (single newline: one paragraph for routing_text)
     follow = [*msgs, {"role": "user", "content": [{"type": "text", "text": "Now add tests."}]}]
-    assert routing_prompt(follow) == question + "\nNow add tests."
+    assert routing_prompt(follow) == question.strip() + "\nNow add tests."
     assert routing_prompt([*follow, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "Why?"}]) \
-        == question + "\nNow add tests.\nWhy?"
+        == question.strip() + "\nNow add tests.\nWhy?"
+    # a question ending in a newline, or an image-only turn between, does not cut the follow-up off
+    # (routing_text keeps the last paragraph: a blank line would leave the follow-up alone in it)
+    image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}
+    late = "Can you explain that again more simply, and give me one concrete example please?"
+    for before in ([{"role": "user", "content": question + "\n"}], [{"role": "user", "content": question}, image]):
+        assert routing_prompt([*before, {"role": "user", "content": late}]) == question.strip() + "\n" + late
     # a short conversation reads every user turn; one without a user turn reads its last message
     assert routing_prompt(msgs[:2] + [{"role": "user", "content": "bye"}]) == "hi\nbye"
     assert routing_prompt([{"role": "system", "content": "only"}]) == "only"
