@@ -135,6 +135,17 @@ class Plan:
     tradeoff: float | None = None  # the trade-off T the router was asked for; None: not routed
     predicted: dict[str, float] = field(default_factory=dict)  # the router's p-hat per candidate, where it has one
     cache: Ticket | None = None  # the response cache's ticket; None: this request does not use it
+    # the prompt holds parts whose tokens are not counted here (a file, a part type the gateway does
+    # not know): a metered request reserves the provider's whole context window for its prompt
+    prompt_unbounded: bool = False
+
+    def prompt_bound(self, provider: ProviderConfig) -> int:
+        """The most prompt tokens ``provider`` can bill for this request, as far as is known: the
+        count, or for a prompt with uncounted parts the provider's context window if it is larger
+        (no provider takes a prompt past its window; one whose window is unknown holds the count)."""
+        if not self.prompt_unbounded:
+            return self.prompt_tokens
+        return max(self.prompt_tokens, provider.context_window or 0)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -171,7 +182,8 @@ async def plan_request(state: GatewayState, request: Request,
         refuse_foreign_part(chat)
     prompt_tokens = count_messages(body["messages"], body.get("tools"), config.server.image_tokens,
                                    config.server.file_tokens)
-    target = capable(target, request_needs(body, prompt_tokens, chat.max_output_tokens))  # parts, tools, window
+    needs = request_needs(body, prompt_tokens, chat.max_output_tokens)
+    target = capable(target, needs)  # parts, tools, window
     # Routing and eligibility use the expected output; a metered request reserves (and sends
     # upstream) a hard output cap instead, so it can never cost more than was reserved.
     expected = chat.max_output_tokens or config.server.estimate_output_tokens
@@ -197,7 +209,8 @@ async def plan_request(state: GatewayState, request: Request,
     output_cap = (chat.max_output_tokens or config.server.max_output_tokens) if metered else None
     plan = Plan(chat, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered,
                 cap=cap, output_cap=output_cap, expected_output=expected, access=rec,
-                tradeoff=target.tradeoff if target.routed else None, predicted=predicted, cache=ticket)
+                tradeoff=target.tradeoff if target.routed else None, predicted=predicted, cache=ticket,
+                prompt_unbounded=needs.files or chat.foreign_part is not None)
     rec.tried, rec.policy = plan.tried, policy  # the same list: it grows as providers are tried
     return plan
 
@@ -304,7 +317,7 @@ async def _admit(state: GatewayState, key: KeyConfig | None, account: str | None
 def _affordable(provider: ProviderConfig, plan: Plan, usd: float) -> int:
     """Output tokens (per choice) that ``usd`` pays for after the prompt."""
     per_token = provider.output_usd_per_mtok * plan.request.n / 1e6
-    left = usd - provider.cost(plan.prompt_tokens, 0)
+    left = usd - provider.cost(plan.prompt_bound(provider), 0)
     return 2**31 if per_token <= 0 else max(math.floor(left / per_token * (1 - 1e-9)), 0)
 
 
@@ -355,7 +368,7 @@ async def _reserve(state: GatewayState, plan: Plan, provider: ProviderConfig) ->
 
 
 def _reservation(plan: Plan, provider: ProviderConfig, account: str, bound: int | None) -> Reservation:
-    amount = plan.estimates[provider.name] if bound is None else provider.cost(plan.prompt_tokens,
+    amount = plan.estimates[provider.name] if bound is None else provider.cost(plan.prompt_bound(provider),
                                                                                  bound * plan.request.n)
     return Reservation(account, new_reservation_id(), amount, provider.name, capped=bound is not None)
 

@@ -275,3 +275,30 @@ def test_audio_and_pdf_fields_parse_and_fall_back_to_litellm() -> None:
     for bad_tokens in (-1, "many", 2.5):
         with pytest.raises(ConfigError, match="file_tokens"):
             parse_config({"server": {"file_tokens": bad_tokens}})
+
+
+def test_a_metered_file_request_reserves_the_providers_whole_window(upstream: str) -> None:
+    """A file's tokens are not counted here (``file_tokens`` is a guess, not a bound): a provider
+    billed 90,000 prompt tokens for a PDF estimated at 4,000, and a $0.50 key paid for $10.80 of
+    answers before it was refused. A metered request with a file (or a part type the gateway does not
+    know) now reserves the most the provider can bill: its whole context window as the prompt."""
+    import hashlib
+
+    key = {"name": "k", "secret_sha256": hashlib.sha256(b"sk-files").hexdigest(), "budget_usd": 5.0}
+    base, stop = start_gateway({"router": {"artifact": "none"}, "keys": [key], "providers": [
+        provider("pdfy", "openai/gpt-4-1106-preview", upstream, (10.0, 30.0), supports_pdf_input=True,
+                 context_window=20_000)]})
+    auth = {"authorization": "Bearer sk-files"}
+    try:
+        def reserved(*parts: Any) -> float:
+            r = httpx.post(base + "/v1/chat/completions", timeout=30, headers=auth,
+                           json={"model": "pdfy", "max_tokens": 5, "messages": _ask(*parts)})
+            assert r.status_code == 200, r.text
+            return float(r.headers["x-cscr-cost-reserved-usd"])
+
+        assert reserved() < 0.001  # text alone: its count
+        window = 20_000 * 10.0 / 1e6 + 5 * 30.0 / 1e6
+        assert reserved(PDF) == pytest.approx(window)
+        assert reserved({"type": "video_url", "video_url": {"url": "data:,"}}) == pytest.approx(window)
+    finally:
+        stop()
