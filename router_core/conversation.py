@@ -29,14 +29,17 @@ def routing_prompt(messages: list[dict[str, Any]]) -> str:
     little about which model this request needs), and so are the model's answers. The last user
     message alone is enough when it says what is asked; a short one ("Are you sure?", "Now add
     tests.") is a follow-up that means nothing without the question before it, so earlier user
-    turns are read back until there are ``CONTEXT_CHARS`` characters. They are joined by single
-    newlines, so ``routing_text``'s tail (the last paragraph) holds the end of the earlier question
-    and the follow-up together. A conversation without a user turn is read by its last message."""
+    turns are read back until there are ``CONTEXT_CHARS`` characters. They are stripped, turns
+    without text (an image alone) are skipped, and the rest are joined by single newlines, so
+    ``routing_text``'s tail (the last paragraph) holds the end of the earlier question and the
+    follow-up together. A conversation without a user turn is read by its last message."""
     turns: list[str] = []
     size = 0
     for m in reversed(messages):
         if isinstance(m, dict) and m.get("role") == "user":
-            text = message_text(m)
+            text = message_text(m).strip()
+            if not text:
+                continue
             turns.append(text)
             size += len(text)
             if size >= CONTEXT_CHARS:
