@@ -58,7 +58,8 @@ def _tool_result(where: str, block: dict[str, Any]) -> dict[str, Any]:
     content = block.get("content", "")
     if isinstance(content, list):
         texts = [b.get("text") for b in content if isinstance(b, dict) and b.get("type") == "text"]
-        content = "".join(texts) if all(isinstance(t, str) for t in texts) else None  # a text block's text: a string
+        strings = [t for t in texts if isinstance(t, str)]
+        content = "".join(strings) if len(strings) == len(texts) else None  # a text block's text: a string
     if not isinstance(content, str) or not isinstance(block.get("tool_use_id"), str):
         raise InvalidRequest(f"{where}: a tool_result needs a tool_use_id and text content", param=where)
     if block.get("is_error"):
