@@ -298,14 +298,15 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def profile(target: Target, bodies: Path, out: Path, seconds: float, py_spy: str, upstream: Server) -> Path:
-    """py-spy (raw collapsed stacks) on the server while the load generator drives it at c=16."""
+def profile(target: Target, bodies: Path, out: Path, seconds: float, py_spy: str, upstream: Server,
+            concurrency: int = 16) -> Path:
+    """py-spy (raw collapsed stacks) on the server while the load generator drives it."""
     raw = out.with_name(f"pyspy-{out.name}.txt")
     spy = subprocess.Popen([py_spy, "record", "--pid", str(target.server.proc.pid), "--duration", str(int(seconds)),
                             "--rate", "250", "--format", "raw", "--output", str(raw), "--nonblocking"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     time.sleep(1.0)
-    run_load(target, bodies, 16, seconds - 1.5, 10**6, upstream)
+    run_load(target, bodies, concurrency, seconds - 1.5, 10**6, upstream)
     spy.wait(timeout=seconds + 60)
     return raw
 
@@ -369,6 +370,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write all results as JSON here")
     parser.add_argument("--profile", type=Path, default=None, help="also py-spy the gateway; write stacks here")
+    parser.add_argument("--profile-concurrency", type=int, default=16, help="clients while profiling")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "/tmp/benchenv/bin/py-spy")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="K=V",
                         help="extra environment for the gateway process only (experiments)")
@@ -502,7 +504,7 @@ def main(argv: list[str]) -> int:
             for name, stream in (("gateway-named", False), ("gateway-auto", False), ("gateway-named", True)):
                 label = f"{name}-{'stream' if stream else 'json'}"
                 stacks = profile(targets[name], bodies[(name, stream)], args.profile / label, 12.0, args.py_spy,
-                                 upstream)
+                                 upstream, args.profile_concurrency)
                 inclusive, own = top_frames(stacks)
                 results["profile"][label] = {"inclusive": inclusive, "self": own}
         print(markdown(results))
