@@ -178,6 +178,12 @@ async def remember(store: Store, config: CacheConfig, ticket: Ticket, payload: d
 # --- streams: a miss assembled from its chunks, a hit replayed as chunks --------------------------
 
 
+def _is_token(t: Any) -> bool:
+    """A logprobs entry the openai SDK reads: a token string and its log probability."""
+    return (isinstance(t, dict) and isinstance(t.get("token"), str) and isinstance(t.get("logprob"), int | float)
+            and not isinstance(t.get("logprob"), bool))
+
+
 class Assembler:
     """Builds the chat.completion a stream amounts to, chunk by chunk: text, tool calls and logprobs
     (each chunk carries those of its own tokens, so their lists are concatenated). A chunk it cannot
@@ -195,7 +201,7 @@ class Assembler:
             return
         try:
             self._add(chunk)
-        except (AttributeError, TypeError, KeyError) as exc:
+        except Exception as exc:  # any chunk it cannot read spoils the entry, never the stream
             log.info("streamed answer not cached: unreadable chunk (%s)", type(exc).__name__)
             self.spoilt = True
 
@@ -231,7 +237,7 @@ class Assembler:
         for name, tokens in logprobs.items():
             if tokens is None:
                 continue
-            if name not in ("content", "refusal") or not isinstance(tokens, list):
+            if name not in ("content", "refusal") or not isinstance(tokens, list) or not all(map(_is_token, tokens)):
                 raise TypeError(f"logprobs.{name} is not a list of tokens")  # a shape not worth guessing at
             merged[name] = (merged.get(name) or []) + tokens
         choice["logprobs"] = merged

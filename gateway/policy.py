@@ -142,10 +142,14 @@ class Needs:
 
 
 def request_needs(body: Mapping[str, Any], prompt_tokens: int, max_output_tokens: int | None) -> Needs:
-    kinds = {part.get("type") for m in body.get("messages") or []
-             if isinstance(m, dict) and isinstance(m.get("content"), list)
+    """Tools are needed by tool definitions and by a history of tool calls and their results (a model
+    without tool calling has no template for them, and servers refuse ``role: tool``)."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    kinds = {part.get("type") for m in messages if isinstance(m.get("content"), list)
              for part in m["content"] if isinstance(part, dict)}
-    return Needs("image_url" in kinds, "input_audio" in kinds, "file" in kinds, bool(body.get("tools")),
+    tools = bool(body.get("tools") or body.get("functions")) or any(
+        m.get("role") in ("tool", "function") or m.get("tool_calls") or m.get("function_call") for m in messages)
+    return Needs("image_url" in kinds, "input_audio" in kinds, "file" in kinds, tools,
                  prompt_tokens + (max_output_tokens or 0))
 
 

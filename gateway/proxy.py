@@ -26,6 +26,7 @@ from gateway.errors import (
     BudgetExceeded,
     DeadlineExceeded,
     GatewayError,
+    InvalidRequest,
     RateLimited,
     StoreUnavailable,
     UpstreamError,
@@ -206,13 +207,29 @@ async def plan_request(state: GatewayState, request: Request,
     if state.health is not None:
         fits = await state.health.usable(fits, named=not target.routed)
     metered = key is not None and cap is not None
+    unbounded = needs.files or chat.foreign_part is not None
+    if metered and unbounded:
+        fits = _windowed(fits)
     output_cap = (chat.max_output_tokens or config.server.max_output_tokens) if metered else None
     plan = Plan(chat, key, fits, estimates, prompt_tokens, policy, routing_s, started, account, unmetered,
                 cap=cap, output_cap=output_cap, expected_output=expected, access=rec,
                 tradeoff=target.tradeoff if target.routed else None, predicted=predicted, cache=ticket,
-                prompt_unbounded=needs.files or chat.foreign_part is not None)
+                prompt_unbounded=unbounded)
     rec.tried, rec.policy = plan.tried, policy  # the same list: it grows as providers are tried
     return plan
+
+
+def _windowed(fits: list[ProviderConfig]) -> list[ProviderConfig]:
+    """A budgeted request whose prompt holds parts not counted here reserves the provider's whole
+    context window: a provider whose window is unknown has no bound to reserve, so it is left out
+    (named: a 400 that says what to declare) rather than served past the budget."""
+    known = [p for p in fits if p.context_window is not None]
+    if fits and not known:
+        names = ", ".join(repr(p.name) for p in fits)
+        raise InvalidRequest(f"a budgeted request with a file (or a part the gateway does not count) reserves the "
+                             f"provider's whole context window as its prompt, and {names} declare none; set "
+                             "context_window in gateway.yaml", param="messages", code="model_not_supported")
+    return known
 
 
 async def route(state: GatewayState, rec: AccessRecord, prompt: str, fits: list[ProviderConfig],
@@ -415,10 +432,16 @@ async def _attempts(state: GatewayState, plan: Plan) -> AsyncIterator[tuple[Prov
         yield provider, res, left
     if attempts == 0 and key is not None:
         cheapest = min(plan.estimates[n] for n in skipped)
+        why = ""
+        if plan.prompt_unbounded:  # what was asked of the budget is the window, not the estimate
+            held = min(_reservation(plan, p, "", min(plan.expected_output, plan.output_cap or plan.expected_output))
+                       .amount for p in plan.order if p.name in skipped)
+            why = (f", and a request with a file (or a part the gateway does not count) reserves the provider's "
+                   f"whole context window as its prompt: ${held:.6f} at the least")
         raise BudgetExceeded(
             f"key {key.name!r} has ${remaining or 0.0:.6f} left of its ${key.budget_usd} "
             f"{'' if key.budget_period == 'none' else key.budget_period + ' '}budget; the cheapest allowed "
-            f"provider is estimated at ${cheapest:.6f}"
+            f"provider is estimated at ${cheapest:.6f}{why}"
         )
 
 
@@ -453,8 +476,10 @@ PROMPT_SLACK_FACTOR = 16
 PROMPT_SLACK_TOKENS = 100_000
 
 
-def _usage_problem(plan: Plan, prompt: Any, completion: Any) -> str | None:
-    """Why a provider's usage cannot be billed as it stands (None when it can)."""
+def _usage_problem(plan: Plan, provider: ProviderConfig, prompt: Any, completion: Any) -> str | None:
+    """Why a provider's usage cannot be billed as it stands (None when it can). A prompt with parts
+    not counted here (a file) may bill anything up to the provider's window (any count, if the window
+    is unknown): only a count past that is implausible."""
     if any(not isinstance(v, int) or isinstance(v, bool) for v in (prompt, completion)):
         return f"token counts {prompt!r:.40}, {completion!r:.40} are not integers"
     if prompt < 0 or completion < 0:
@@ -464,6 +489,8 @@ def _usage_problem(plan: Plan, prompt: Any, completion: Any) -> str | None:
     if completion > out_limit:
         return f"completion_tokens {str(completion):.24} exceeds the {out_limit} that could be generated"
     in_limit = min(plan.prompt_tokens * PROMPT_SLACK_FACTOR + PROMPT_SLACK_TOKENS, MAX_USAGE_TOKENS)
+    if plan.prompt_unbounded:
+        in_limit = MAX_USAGE_TOKENS if provider.context_window is None else max(in_limit, provider.context_window)
     if prompt > in_limit:
         return f"prompt_tokens {str(prompt):.24} exceeds {in_limit} (the prompt counts {plan.prompt_tokens} here)"
     return None
@@ -474,19 +501,21 @@ def _usage_cost(state: GatewayState, plan: Plan, provider: ProviderConfig, usage
     """(cost, prompt tokens, completion tokens) from the provider's ``usage``; None when it sent
     none. Usage that is not plausible (not integers, negative, more output than ``max_tokens``
     allowed, a prompt far beyond ours) is not trusted: the request is billed by the tokens counted
-    here (the prompt as estimated, the completion from ``text``) and the metric counts it."""
+    here (the prompt as ``Plan.prompt_bound`` gives it, the completion from ``text``) and the metric
+    counts it."""
     if usage is None:
         return None
     p = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     c = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    problem = _usage_problem(plan, p, c)
+    problem = _usage_problem(plan, provider, p, c)
     if problem is None and isinstance(p, int) and isinstance(c, int):
         return provider.cost(p, c), p, c
     state.metrics.errors.labels("upstream_usage_invalid").inc()
     log.warning("provider %s reported implausible usage (%s); billing the tokens counted here",
                 provider.name, problem)
     completion = count_text(text())
-    return provider.cost(plan.prompt_tokens, completion), plan.prompt_tokens, completion
+    prompt = plan.prompt_bound(provider)  # the count, or for uncounted parts the most the provider can bill
+    return provider.cost(prompt, completion), prompt, completion
 
 
 def _answer_text(payload: dict[str, Any]) -> str:
@@ -740,7 +769,8 @@ async def _relay(
             if priced is None:
                 # No usage (stream cut or client gone): charge what was generated, as counted here.
                 completion = count_text("".join(text))
-                priced = (provider.cost(plan.prompt_tokens, completion), plan.prompt_tokens, completion)
+                prompt = plan.prompt_bound(provider)
+                priced = (provider.cost(prompt, completion), prompt, completion)
             with plan.access.trace.span("settle", provider.name):
                 live = await _settle(state, res, priced[0])
             _account(state, provider, priced, priced[0])

@@ -35,6 +35,8 @@ FILE_TOKENS = 4000  # per file part (server.file_tokens): a PDF's pages go in as
 AUDIO_MIN_BYTES_PER_SECOND = 1000
 AUDIO_TOKENS_PER_SECOND = 32
 _WAV_HEAD_CHARS = 344  # base64 of the first 258 bytes: RIFF/WAVE, then the chunks up to "fmt "
+_PCM_TAGS = (1, 3)  # WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT: samples at a fixed rate
+_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 
 _CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 _CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
@@ -88,9 +90,10 @@ def count_text(text: str) -> int:
 
 
 def wav_bytes_per_second(data: str) -> int | None:
-    """The bytes per second of a base64 WAV from its ``fmt `` chunk: the lower of its byte-rate field
-    and sample rate x channels x bytes per sample (a decoder plays it at one of them; the lower counts
-    the longer), or None when ``data`` does not start as a WAV with a readable ``fmt `` chunk."""
+    """The bytes per second of a base64 PCM WAV from its ``fmt `` chunk: the lower of its byte-rate
+    field and sample rate x channels x bytes per sample (the lower counts the longer), or None when
+    ``data`` does not start as a PCM WAV with a readable ``fmt `` chunk. A compressed format inside a
+    WAV (MP3, ADPCM) is timed by its own frames, not by these fields: None, the caller's bound."""
     try:
         head = base64.b64decode(data[:_WAV_HEAD_CHARS], validate=True)
     except ValueError:
@@ -101,12 +104,17 @@ def wav_bytes_per_second(data: str) -> int | None:
     while at + 8 <= len(head):
         size = int.from_bytes(head[at + 4:at + 8], "little")
         if head[at:at + 4] == b"fmt " and at + 24 <= len(head):
+            tag = int.from_bytes(head[at + 8:at + 10], "little")
+            if tag == _WAVE_FORMAT_EXTENSIBLE and at + 34 <= len(head):
+                tag = int.from_bytes(head[at + 32:at + 34], "little")  # the sub-format GUID's first two bytes
+            if tag not in _PCM_TAGS:
+                return None
             channels = int.from_bytes(head[at + 10:at + 12], "little")
             rate = int.from_bytes(head[at + 12:at + 16], "little")
             byte_rate = int.from_bytes(head[at + 16:at + 20], "little")
             bits = int.from_bytes(head[at + 22:at + 24], "little")
-            rates = [r for r in (byte_rate, rate * channels * bits // 8) if r > 0]
-            return min(rates) if rates else None
+            played = rate * channels * bits // 8
+            return min(byte_rate, played) if byte_rate > 0 and played > 0 else None
         at += 8 + size + (size & 1)  # chunks are padded to an even size
     return None
 

@@ -381,9 +381,12 @@ def test_stream_assembly_inverts_replay() -> None:
     spoilt.add({"choices": [{"index": 0, "delta": {"content": "x"}, "logprobs": {"content": []}}]})
     spoilt.add({"choices": "nonsense"})
     assert spoilt.result() is None
-    odd = cache.Assembler()
-    odd.add({"choices": [{"index": 0, "delta": {"content": "x"}, "logprobs": {"content": "not a list"}}]})
-    assert odd.result() is None
+    # a cache must not keep (nor die on) what the SDK cannot read
+    for bad in ({"logprobs": {"content": "not a list"}}, {"logprobs": {"content": [1, "x", None]}},
+                {"index": "abc"}, {"index": float("inf")}):
+        odd = cache.Assembler()
+        odd.add({"choices": [{"index": 0, "delta": {"content": "x"}, **bad}]})
+        assert odd.result() is None, bad
 
 
 def test_a_streamed_answer_with_logprobs_is_assembled_and_replayed_whole() -> None:

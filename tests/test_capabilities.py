@@ -256,6 +256,13 @@ def test_a_wav_counts_its_own_length() -> None:
     lying = bytearray(base64.b64decode(_wav(10)))
     lying[28:32] = (10**9).to_bytes(4, "little")  # byte-rate field: the lower of it and the sample format's counts
     assert audio_tokens(base64.b64encode(bytes(lying)).decode()) == 321
+    # MP3 inside a WAV (format tag 0x55) is timed by its frames, not by the header: the bound, as for MP3
+    mpeg = bytearray(base64.b64decode(_wav(10)))
+    mpeg[20:22] = (0x55).to_bytes(2, "little")
+    assert audio_tokens(base64.b64encode(bytes(mpeg)).decode()) == audio_tokens("x" * len(_wav(10)))
+    no_channels = bytearray(base64.b64decode(_wav(10)))
+    no_channels[22:24] = (0).to_bytes(2, "little")
+    assert audio_tokens(base64.b64encode(bytes(no_channels)).decode()) == audio_tokens("x" * len(_wav(10)))
 
 
 def test_audio_and_pdf_fields_parse_and_fall_back_to_litellm() -> None:
@@ -300,5 +307,24 @@ def test_a_metered_file_request_reserves_the_providers_whole_window(upstream: st
         window = 20_000 * 10.0 / 1e6 + 5 * 30.0 / 1e6
         assert reserved(PDF) == pytest.approx(window)
         assert reserved({"type": "video_url", "video_url": {"url": "data:,"}}) == pytest.approx(window)
+    finally:
+        stop()
+
+
+def test_a_tool_call_history_needs_a_tool_model_without_tools_sent(upstream: str) -> None:
+    """A conversation that holds tool calls and their results needs tool calling even when this turn
+    sends no ``tools``: it went to a model declared without it, whose server has no template for them."""
+    base, stop = _gateway(upstream,
+                          provider("text-only", "openai/mistralai/mistral-7b-chat", upstream, (0.1, 0.1),
+                                   supports_tools=False),
+                          provider("gpt-4", "openai/gpt-4-1106-preview", upstream, (10.0, 30.0), supports_tools=True))
+    history = [{"role": "user", "content": "Weather in Paris?"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+               {"role": "tool", "tool_call_id": "c1", "content": "18C, sunny"}]
+    try:
+        r = httpx.post(base + "/v1/chat/completions", timeout=30, json={"model": "auto", "messages": history})
+        assert r.status_code == 200 and r.headers["x-cscr-provider"] == "gpt-4", r.text
+        assert _post(base, "What is 2 + 2?").headers["x-cscr-provider"] == "text-only"
     finally:
         stop()

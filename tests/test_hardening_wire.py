@@ -363,3 +363,43 @@ def test_budget_429_is_not_retried_and_rate_limit_429_says_when(gateway: str) ->
     limited = [r for r in statuses if r.status_code == 429]
     assert limited and 1 <= int(limited[0].headers["retry-after"]) <= 60
     assert "x-should-retry" not in limited[0].headers
+
+
+PDF_PART = {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}}
+
+
+def test_a_file_request_is_billed_what_the_provider_counts_up_to_its_window(rogue: RogueUpstream) -> None:
+    """A PDF's prompt is counted by the provider alone. Usage of 900,000 prompt tokens was taken for
+    implausible (over 16x the gateway's 4,000-token guess) and billed as the guess: 1/225 of the real
+    cost, on a $0.50 key. It is now billed as reported up to the provider's window; a provider whose
+    window is unknown cannot bound a budgeted file request and is refused, saying what to declare;
+    and a budget too small for the window says that the window is what it must hold."""
+    usage = {"prompt_tokens": 900_000, "completion_tokens": 20, "total_tokens": 900_020}
+    keys = [{"name": "small", "secret_sha256": _sha("sk-small"), "budget_usd": 0.5},
+            {"name": "tiny", "secret_sha256": _sha("sk-tiny"), "budget_usd": 0.01}]
+    base, stop = start_gateway({"router": {"artifact": "none"}, "keys": keys,
+                                "server": {"master_key_env": "MASTER"}, "providers": [
+        provider("huge", _usage("huge", usage), rogue.base, (0.1, 0.4), context_window=1_000_000,
+                 supports_pdf_input=True),
+        provider("nowin", _usage("nowin", usage), rogue.base, (0.1, 0.4), supports_pdf_input=True)]},
+        env={"MASTER": "sk-master-files"})
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "Summarise this."}, PDF_PART]}]
+    billed = 900_000 * 0.1 / 1e6 + 20 * 0.4 / 1e6
+    try:
+        for stream in (False, True):
+            with httpx.stream("POST", base + "/v1/chat/completions", timeout=30,
+                              headers={"authorization": "Bearer sk-small"},
+                              json={"model": "huge", "messages": msgs, "max_tokens": 50, "stream": stream}) as r:
+                r.read()
+                assert r.status_code == 200, r.text
+        listed = httpx.get(base + "/admin/keys", headers={"authorization": "Bearer sk-master-files"}, timeout=30)
+        spent = {k["name"]: k["spent_usd"] for k in listed.json()["data"]}
+        assert spent["small"] == pytest.approx(2 * billed, rel=1e-6), spent
+        r = httpx.post(base + "/v1/chat/completions", headers={"authorization": "Bearer sk-small"}, timeout=30,
+                       json={"model": "nowin", "messages": msgs, "max_tokens": 50})
+        assert r.status_code == 400 and "context_window" in r.json()["error"]["message"], r.text
+        r = httpx.post(base + "/v1/chat/completions", headers={"authorization": "Bearer sk-tiny"}, timeout=30,
+                       json={"model": "huge", "messages": msgs, "max_tokens": 50})
+        assert r.status_code == 429 and "whole context window" in r.json()["error"]["message"], r.text
+    finally:
+        stop()
