@@ -394,7 +394,16 @@ def test_dashboard_in_a_browser(tmp_path: Path, upstream: str, prompts: list[str
         browser.execute_script("const r = document.getElementById('range'); r.value = '3600';"
                                "r.dispatchEvent(new Event('change'))")  # the last hour, as a person would
         WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.body.dataset.state") == "ready")
-        assert _text(browser, "total-requests") == "36" and _painted(browser, "spend-chart") > 500
+        shown = _text(browser, "total-requests")
+        if shown != "36":  # seen once (12 of 36, cause unknown): keep what the page and the API said
+            now = int(time.time())
+            api_hour = httpx.get(f"{base}/admin/stats?from={now - 3600}&to={now}", timeout=30,
+                                 headers={"authorization": f"Bearer {MASTER}"}).json()
+            page_to = browser.execute_script("return Math.floor(Date.now() / 1000)")
+            pytest.fail(f"last hour shows {shown} requests; the API says {api_hour['totals']['requests']} for "
+                        f"{api_hour['from']}..{api_hour['to']} (server now {now}, page now {page_to}); series "
+                        f"{[(p['t'], p['requests']) for p in api_hour['series'] if p['requests']]}")
+        assert _painted(browser, "spend-chart") > 500
         _screenshot(browser, tmp_path / "dashboard.png")
         print(f"\ndashboard ready in {ready_ms:.0f} ms with {t['requests']} requests; screenshot {tmp_path}")
         # a key's own secret is no admin key: the page shows the API's 401
