@@ -384,9 +384,13 @@ async def _reserve(state: GatewayState, plan: Plan, provider: ProviderConfig) ->
     return got, live
 
 
+def _held(plan: Plan, provider: ProviderConfig, bound: int) -> float:
+    """What a metered request holds on ``provider`` with output cap ``bound``: the most it can bill."""
+    return provider.cost(plan.prompt_bound(provider), bound * plan.request.n)
+
+
 def _reservation(plan: Plan, provider: ProviderConfig, account: str, bound: int | None) -> Reservation:
-    amount = plan.estimates[provider.name] if bound is None else provider.cost(plan.prompt_bound(provider),
-                                                                                 bound * plan.request.n)
+    amount = plan.estimates[provider.name] if bound is None else _held(plan, provider, bound)
     return Reservation(account, new_reservation_id(), amount, provider.name, capped=bound is not None)
 
 
@@ -434,8 +438,8 @@ async def _attempts(state: GatewayState, plan: Plan) -> AsyncIterator[tuple[Prov
         cheapest = min(plan.estimates[n] for n in skipped)
         why = ""
         if plan.prompt_unbounded:  # what was asked of the budget is the window, not the estimate
-            held = min(_reservation(plan, p, "", min(plan.expected_output, plan.output_cap or plan.expected_output))
-                       .amount for p in plan.order if p.name in skipped)
+            least = min(plan.expected_output, plan.output_cap or plan.expected_output)
+            held = min(_held(plan, p, least) for p in plan.order if p.name in skipped)
             why = (f", and a request with a file (or a part the gateway does not count) reserves the provider's "
                    f"whole context window as its prompt: ${held:.6f} at the least")
         raise BudgetExceeded(
@@ -513,8 +517,14 @@ def _usage_cost(state: GatewayState, plan: Plan, provider: ProviderConfig, usage
     state.metrics.errors.labels("upstream_usage_invalid").inc()
     log.warning("provider %s reported implausible usage (%s); billing the tokens counted here",
                 provider.name, problem)
-    completion = count_text(text())
-    prompt = plan.prompt_bound(provider)  # the count, or for uncounted parts the most the provider can bill
+    return _counted(plan, provider, text())
+
+
+def _counted(plan: Plan, provider: ProviderConfig, generated: str) -> tuple[float, int, int]:
+    """(cost, prompt tokens, completion tokens) as counted here, for an answer without usage to
+    trust: the prompt as ``Plan.prompt_bound`` gives it (the most a prompt with uncounted parts can
+    bill), the completion from the text that was generated."""
+    prompt, completion = plan.prompt_bound(provider), count_text(generated)
     return provider.cost(prompt, completion), prompt, completion
 
 
@@ -623,12 +633,8 @@ async def settle_answer(state: GatewayState, plan: Plan, provider: ProviderConfi
     else the estimate) settled against the reservation, counted in the metrics and the dashboard,
     and the response headers that report it. (actual USD, headers)"""
     actual = priced[0] if priced else plan.estimates[provider.name]  # no usage: bill the estimate
-    with plan.access.trace.span("settle", provider.name):
-        live = await _settle(state, res, actual)
-    _account(state, provider, priced, actual)
-    _key_spend(state, plan, res, actual, live)
+    live = await _bill(state, plan, provider, res, priced, actual)
     plan.access.cost_usd = actual
-    stats.record_request(state, plan, provider, priced, actual)
     headers = _headers(state, plan, provider, upstream_s)
     headers["x-cscr-cost-usd"] = f"{actual:.8f}"
     headers["x-cscr-cost-reserved-usd"] = f"{res.amount if res else 0.0:.8f}"
@@ -637,6 +643,18 @@ async def settle_answer(state: GatewayState, plan: Plan, provider: ProviderConfi
     if plan.unmetered:
         headers["x-cscr-unmetered"] = "store unreachable"
     return actual, headers
+
+
+async def _bill(state: GatewayState, plan: Plan, provider: ProviderConfig, res: Reservation | None,
+                priced: tuple[float, int, int] | None, actual: float) -> float | None:
+    """Settle ``actual`` against the reservation and count it (metrics, the key's spend, the
+    dashboard): every answer, whole or streamed. Returns the account's live spend (None: unknown)."""
+    with plan.access.trace.span("settle", provider.name):
+        live = await _settle(state, res, actual)
+    _account(state, provider, priced, actual)
+    _key_spend(state, plan, res, actual, live)
+    stats.record_request(state, plan, provider, priced, actual)
+    return live
 
 
 def _account(state: GatewayState, provider: ProviderConfig, priced: tuple[float, int, int] | None,
@@ -766,16 +784,9 @@ async def _relay(
         with anyio.CancelScope(shield=True):
             await chunks.aclose()
             priced = priced or _usage_cost(state, plan, provider, usage, lambda: "".join(text))
-            if priced is None:
-                # No usage (stream cut or client gone): charge what was generated, as counted here.
-                completion = count_text("".join(text))
-                prompt = plan.prompt_bound(provider)
-                priced = (provider.cost(prompt, completion), prompt, completion)
-            with plan.access.trace.span("settle", provider.name):
-                live = await _settle(state, res, priced[0])
-            _account(state, provider, priced, priced[0])
-            _key_spend(state, plan, res, priced[0], live)
-            stats.record_request(state, plan, provider, priced, priced[0])
+            if priced is None:  # no usage (stream cut or client gone): charge what was generated, as counted here
+                priced = _counted(plan, provider, "".join(text))
+            await _bill(state, plan, provider, res, priced, priced[0])
             _stream_ended(state, plan, outcome, priced[0])
 
 
