@@ -38,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway.errors import InvalidRequest
 from gateway.replay import (
     BUNDLED_REPLAY,
     REPLAY_MODELS,
@@ -49,6 +50,7 @@ from gateway.replay import (
     load_cl100k,
     model_candidates,
 )
+from gateway.wire import parse_body
 
 __all__ = ["REPLAY_PRICES", "Fault", "UpstreamConfig", "create_app", "main", "parse_fault", "start_upstream"]
 
@@ -389,29 +391,22 @@ async def wait_or_disconnect(request: Request, seconds: float) -> None:
             await anyio.sleep(0.05)
 
 
-class BadText(ValueError):
-    """A request body that is JSON but holds text that is not valid (a lone UTF-16 surrogate)."""
+MAX_BODY_BYTES = 64 * 2**20
 
 
-async def _json_body(request: Request) -> Any:
-    """The request's JSON. ValueError (a 400 for the caller) when it is not JSON or holds a lone UTF-16
-    surrogate: such text cannot be hashed, tokenised or answered (the gateway refuses it the same way)."""
-    body = json.loads(await request.body())  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-    try:
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadText("the request contains a lone UTF-16 surrogate (\\ud800-\\udfff); not valid text") from None
-    return body
+async def _json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, read as the gateway reads bodies (``wire.parse_body``): not JSON,
+    nested too deep, or holding a lone UTF-16 surrogate (text that cannot be hashed, tokenised or
+    answered) is an ``InvalidRequest`` naming why."""
+    return parse_body(await request.body(), MAX_BODY_BYTES)
 
 
 async def chat_completions(request: Request) -> Response:
     state: UpstreamState = request.app.state.upstream
     try:
         body = await _json_body(request)
-    except BadText as exc:
-        return error_response(400, str(exc))
-    except ValueError:
-        return error_response(400, "request body is not valid JSON")
+    except InvalidRequest as exc:
+        return error_response(exc.status, exc.message, exc.param)
     problem = validate(body)
     if problem is not None:
         return error_response(400, problem[0], problem[1])
@@ -465,6 +460,9 @@ async def embeddings(request: Request) -> Response:
     state: UpstreamState = request.app.state.upstream
     try:
         body = await _json_body(request)
+    except InvalidRequest as exc:
+        return error_response(exc.status, exc.message, exc.param)
+    try:
         model, suffix = split_model(str(body["model"]))
         inputs = body["input"] if isinstance(body["input"], list) and body["input"] and not isinstance(
             body["input"][0], int) else [body["input"]]
