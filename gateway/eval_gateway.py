@@ -55,6 +55,7 @@ from gateway.policy import expected_cost
 from gateway.tokens import count_messages
 from router_core.conversation import routing_prompt
 from router_core.metrics import bootstrap, cost_grid, curve_points, paired_difference
+from router_core.paths import write_results
 from router_core.types import Candidate
 
 if TYPE_CHECKING:
@@ -400,8 +401,8 @@ def main(argv: list[str]) -> int:
         print(f"cscr eval-gateway: {exc}", file=sys.stderr)
         return 2
     table = render_one(summary)
-    print(table)
-    if args.out is not None:
-        (args.out / "results.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
-        (args.out / "results.md").write_text(table)
+    if args.out is None:
+        print(table)
+    else:
+        write_results(args.out, summary, table)  # atomic; also prints the table
     return 0

@@ -11,10 +11,12 @@ that a bundled file holds exactly the source's values.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
 from gateway.replay import BUNDLED_REPLAY, replay_columns
+from router_core.paths import write_atomic
 
 KEPT = ("eval_name", "split")  # beside the replay columns: the tests pick prompts by task and split
 SOURCE = Path("routerbench_subset") / "routerbench_subset.parquet"
@@ -25,10 +27,9 @@ def build(source: Path, out: Path) -> int:
     import pandas as pd
 
     frame = pd.read_parquet(source, columns=replay_columns(KEPT))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    frame.to_parquet(tmp, compression="zstd", compression_level=19, index=False)
-    tmp.replace(out)
+    data = io.BytesIO()
+    frame.to_parquet(data, compression="zstd", compression_level=19, index=False)
+    write_atomic(out, data.getvalue())  # a fixed "<name>.tmp" let two builds clobber each other
     return out.stat().st_size
 
 

@@ -42,6 +42,7 @@ from router_core.evaluate import Setup, prepare
 from router_core.graded import GRADER, GradedProbes
 from router_core.kernel_policy import KernelShrinkPolicy
 from router_core.metrics import Interval, bootstrap, paired_difference
+from router_core.paths import write_results
 from router_core.types import Descriptor
 from router_core.variants import KernelShrinkRouter, LengthCostModel
 
@@ -212,10 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     text, data = run(args.n, args.bootstrap, args.encoder, args.draws, not args.no_peer_fill)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text(text)
-    (args.out / "results.json").write_text(json.dumps(data, indent=1))
-    print(text)
+    write_results(args.out, data, text)  # atomic; also prints the table
     return 0
 
 
