@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from router_core.conversation import routing_prompt
+from router_core.conversation import message_text, routing_prompt
 
 if TYPE_CHECKING:
     from router_core.kernel_policy import KernelShrinkPolicy
@@ -42,15 +42,6 @@ GATEWAY_OUTPUT_BOUND = 512  # server.estimate_output_tokens' default: what the g
 
 class PromptFileError(ValueError):
     """A prompts file that cannot be read; the message names the file and line."""
-
-
-def _text(message: Any) -> str | None:
-    content = message.get("content") if isinstance(message, dict) else None
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return None
 
 
 @dataclass(frozen=True)
@@ -96,11 +87,11 @@ def read_requests(path: Path) -> list[CalibrationRequest]:
             if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
                 raise PromptFileError(f'{path}:{n}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}')
             users = [m for m in messages if m.get("role") == "user"]
-            if _text(users[-1] if users else messages[-1]) is None:
+            if not isinstance((users[-1] if users else messages[-1]).get("content"), str | list):
                 raise PromptFileError(f"{path}:{n}: the last user message has no text content")
             text = routing_prompt(messages)  # as the gateway reads it: a follow-up with its question
             cap = _count(doc, "max_completion_tokens", f"{path}:{n}") or _count(doc, "max_tokens", f"{path}:{n}")
-            chars = sum(len(_text(m) or "") for m in messages)
+            chars = sum(len(message_text(m)) for m in messages)
             requests.append(CalibrationRequest(text, chars, cap, _count(doc, "n", f"{path}:{n}") or 1))
     if not requests:
         raise PromptFileError(f"{path}: no requests")
