@@ -155,14 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from router_core.encoder import embed_prompts
     from router_core.kernel_policy import load_policy
-    from router_core.pricing import LIST_PRICES
+    from router_core.pricing import price_table
     from router_core.router import default_artifact_path
 
     policy = load_policy(args.artifact or default_artifact_path())
-    unpriced = [e for e in policy.experts if e not in LIST_PRICES]
-    if unpriced:
-        print(f"cscr calibrate: no list price for {unpriced}: it prices the RouterBench pool's models only",
-              file=sys.stderr)
+    try:
+        price_table(policy.experts)  # what served_costs prices with: LIST_PRICES, else MMLU-Pro's price file
+    except KeyError as exc:
+        print(f"cscr calibrate: {exc.args[0]}", file=sys.stderr)
         return 2
     emb = embed_prompts([r.prompt for r in requests], policy.encoder.name, cache=False)  # user data: not cached
     p_hat = policy.router.predict(emb)
