@@ -97,18 +97,19 @@ def _bench_kernel(path: Path, n: int, tradeoff: float, prompt: str) -> int:
     prices them (``Candidate.cost_at``, so ``rank`` ranks on expected cost as it does when served)."""
     from router_core.encoder import ENCODERS, routing_text
     from router_core.kernel_policy import load_policy, rule_scores
-    from router_core.pricing import LIST_PRICES
+    from router_core.pricing import GATEWAY_OUTPUT_TOKENS, LIST_PRICES
     from router_core.types import Candidate
 
     _single_thread(torch_too=False)
     t0 = time.perf_counter()
     policy = load_policy(path)
     load_ms = (time.perf_counter() - t0) * 1e3
-    tokens = len(prompt) / 4  # the gateway's estimate: prompt tokens + a 512-token output bound
+    tokens = len(prompt) / 4  # the gateway's estimate: prompt tokens + its output bound
 
     def candidate(expert: str) -> Candidate:
         usd_in, usd_out = (p / 1e6 for p in LIST_PRICES.get(expert, (1.0, 2.0)))
-        return Candidate(expert, expert, tokens * usd_in + 512 * usd_out, lambda t: tokens * usd_in + t * usd_out)
+        return Candidate(expert, expert, tokens * usd_in + GATEWAY_OUTPUT_TOKENS * usd_out,
+                         lambda t: tokens * usd_in + t * usd_out)
 
     cands = [candidate(e) for e in policy.experts]
     x = policy.encoder.encode(routing_text(prompt))[None, :]

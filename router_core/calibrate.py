@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from router_core.conversation import message_text, routing_prompt
+from router_core.pricing import GATEWAY_OUTPUT_TOKENS
 
 if TYPE_CHECKING:
     from router_core.kernel_policy import KernelShrinkPolicy
 
 TRADEOFFS = np.round(np.linspace(0.0, 1.0, 11), 2)
-GATEWAY_OUTPUT_BOUND = 512  # server.estimate_output_tokens' default: what the gateway prices without max_tokens
 
 
 class PromptFileError(ValueError):
@@ -107,7 +107,7 @@ def served_costs(policy: KernelShrinkPolicy, requests: Sequence[CalibrationReque
     cap = np.array([r.max_output_tokens or np.inf for r in requests])[:, None]  # (N, 1)
     n = np.array([r.n for r in requests], dtype=np.float64)[:, None]
     if policy.lengths is None:
-        tokens = np.broadcast_to(np.where(np.isfinite(cap), cap, GATEWAY_OUTPUT_BOUND), (len(requests), 1))
+        tokens = np.broadcast_to(np.where(np.isfinite(cap), cap, GATEWAY_OUTPUT_TOKENS), (len(requests), 1))
     else:
         tokens = np.minimum(pricing.expected_tokens(policy.lengths, emb, range(len(policy.experts))), cap)
     chars = np.array([r.chars for r in requests], dtype=np.float64)

@@ -43,20 +43,19 @@ from router_core.data import Benchmark, load_benchmark, versions_of
 from router_core.kernel_policy import LAMBDA_GRID, build, common_patterns, decide, load_policy
 from router_core.metrics import bootstrap, paired_difference
 from router_core.paths import write_results
-from router_core.pricing import LIST_PRICES, expected_costs, prompt_tokens, request_costs
+from router_core.pricing import GATEWAY_OUTPUT_TOKENS, LIST_PRICES, expected_costs, prompt_tokens, request_costs
 from router_core.types import Candidate
 
 log = logging.getLogger(__name__)
 
 ENCODER = "static-minilm"
-OUTPUT_TOKENS = 512  # the gateway's default output bound for cost estimates (gateway.yaml)
 TRADEOFFS = np.round(np.linspace(0.0, 1.0, 11), 2)
 
 
 def gateway_costs(prompts: list[str], models: list[str]) -> np.ndarray:
     """(N, M) USD as the gateway estimates a request before the call: ~len/4 prompt tokens and the
     default 512-token output bound at each model's list price (gateway.yaml)."""
-    return request_costs(prompt_tokens(prompts), OUTPUT_TOKENS, models)
+    return request_costs(prompt_tokens(prompts), GATEWAY_OUTPUT_TOKENS, models)
 
 
 def _gateway_candidates(prompt: str, models: list[str], bound: np.ndarray) -> list[Candidate]:

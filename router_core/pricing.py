@@ -41,6 +41,9 @@ def prompt_tokens(prompts: Sequence[str]) -> np.ndarray:
 
 
 MMLU_PRICES_FILE = Path("mmlu_pro") / "model_prices.csv"
+# the output tokens the gateway prices a request at when it sets no max_tokens (gateway.yaml
+# server.estimate_output_tokens, default 512): what offline tools assume the gateway assumes
+GATEWAY_OUTPUT_TOKENS = 512
 
 
 def price_table(models: Sequence[str], data_dir: Path | None = None) -> np.ndarray:
