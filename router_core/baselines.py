@@ -170,7 +170,7 @@ def cluster_means(
     onehot = np.eye(k)[labels]  # (N, K)
     counts = onehot.T @ obs  # (K, M)
     sums = onehot.T @ np.where(obs, quality, 0.0)  # (K, M)
-    overall = np.where(obs, quality, 0.0).sum(0) / np.maximum(obs.sum(0), 1)  # (M,)
+    overall = model_accuracy(quality, obs)  # (M,)
     denom = counts + strength
     return np.where(denom > 0, (sums + strength * overall) / np.maximum(denom, 1e-12), overall)
 
@@ -181,6 +181,11 @@ def label_groups(observed: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     for j in range(observed.shape[1]):
         groups.setdefault(np.packbits(observed[:, j]).tobytes(), []).append(j)
     return [(np.flatnonzero(observed[:, cols[0]]), np.array(cols)) for cols in groups.values()]
+
+
+def model_accuracy(quality: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """(M,) each model's mean label over the prompts where it has one (0 for a model with none)."""
+    return np.where(observed, quality, 0.0).sum(axis=0) / np.maximum(observed.sum(axis=0), 1)
 
 
 def model_costs(cost: np.ndarray) -> np.ndarray:

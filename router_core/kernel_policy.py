@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from router_core.baselines import model_accuracy
 from router_core.encoder import ROUTING_TEXT_VERSION, encoder_spec, get_encoder, routing_text
 from router_core.graded import GRADED_PROBES_FILE, GradedProbes, build_graded_probes
 from router_core.pricing import answer_tokens, list_prices, prompt_tokens, request_costs
@@ -209,7 +210,7 @@ def peer_fill(labels: np.ndarray, observed: np.ndarray, answers: np.ndarray, rid
     asked = np.isfinite(answers)
     if asked.sum() < min_answers or labels.shape[1] == 0:
         return answers
-    col_mean = np.where(observed, labels, 0.0).sum(axis=0) / np.maximum(observed.sum(axis=0), 1)
+    col_mean = model_accuracy(labels, observed)
     x = np.where(observed, labels, col_mean[None, :])  # (R, M) peers' labels, unknown -> their mean
     x1 = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
     xa, ya = x1[asked], answers[asked]

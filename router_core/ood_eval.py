@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router_core.baselines import LAMBDAS, KMeansRouter, KNNRouter, model_costs, oracle_choices, sweep
+from router_core.baselines import LAMBDAS, KMeansRouter, KNNRouter, model_accuracy, model_costs, oracle_choices, sweep
 from router_core.data import Benchmark, load_benchmark, versions_of
 from router_core.kernel_policy import LAMBDA_GRID, common_patterns, decide
 from router_core.metrics import bootstrap, cost_grid, curve_points, curve_stats, paired_difference
@@ -255,7 +255,7 @@ def baseline(ctx: Context, name: str, seed: int) -> Fitted:
 
 def train_accuracy(ctx: Context) -> np.ndarray:
     """(M,) each model's accuracy on its labelled training prompts."""
-    return np.where(ctx.observed, ctx.train.quality, 0.0).sum(axis=0) / np.maximum(ctx.observed.sum(axis=0), 1)
+    return model_accuracy(ctx.train.quality, ctx.observed)
 
 
 def diagnostics(ctx: Context, router: KernelShrinkRouter, cost: np.ndarray) -> dict[str, float]:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from router_core.baselines import LAMBDAS, cluster_means, kmeans, label_groups, sweep
+from router_core.baselines import LAMBDAS, cluster_means, kmeans, label_groups, model_accuracy, sweep
 from router_core.metrics import cost_grid, curve_points, curve_stats
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class KernelShrinkRouter:
         self._centroid_sq = (self._centroids**2).sum(axis=1)  # (C,)
         labels = self._nearest(self._keys)
         self._cluster_acc = cluster_means(labels, quality, self.n_clusters, self._observed, self.cluster_strength)
-        self._overall = np.where(self._observed, quality, 0.0).sum(axis=0) / np.maximum(self._observed.sum(axis=0), 1)
+        self._overall = model_accuracy(quality, self._observed)
         self._keys_f32 = np.ascontiguousarray(self._keys, dtype=np.float32)
         self._groups = [(rows, cols, self._labels[:, cols]) for rows, cols in label_groups(self._observed)]
 
