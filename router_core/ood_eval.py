@@ -89,10 +89,6 @@ class Shift:
     missing_is_missing: bool  # False: an unrecorded grade counts as wrong (MMLU-Pro's convention)
     prices: np.ndarray  # (M, 2) USD per token, input / output
 
-    @property
-    def family(self) -> str:
-        return self.name.split(":")[0].split("/")[0]
-
 
 def _complete(bench: Benchmark, rows: np.ndarray) -> np.ndarray:
     """``rows`` restricted to prompts where every model of ``bench`` has a verdict."""
