@@ -227,6 +227,13 @@ def ranking_costs(policy: KernelShrinkPolicy, emb: np.ndarray, prompts: Sequence
     return out
 
 
+def artifact_path(artifact: str) -> Path:
+    """``--artifact``: ``bundled`` (what ``router.artifact: bundled`` serves) or a directory."""
+    from router_core.router import default_artifact_path
+
+    return default_artifact_path() if artifact == "bundled" else Path(artifact)
+
+
 def offline_choices(artifact: str, prompts: Sequence[Conversation], pool: Pool,
                     tradeoffs: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """The served artifact's decisions without HTTP: batch embeddings, ``kernel_policy.decide`` with
@@ -234,9 +241,9 @@ def offline_choices(artifact: str, prompts: Sequence[Conversation], pool: Pool,
     gateway's estimates. Returns ((L, N) at ``tradeoffs``, (401, N) over the whole λ grid), as columns."""
     from router_core.encoder import embed_prompts
     from router_core.kernel_policy import LAMBDA_GRID, KernelShrinkPolicy, decide
-    from router_core.router import default_artifact_path, load_routing_policy
+    from router_core.router import load_routing_policy
 
-    policy = load_routing_policy(default_artifact_path() if artifact == "bundled" else Path(artifact))
+    policy = load_routing_policy(artifact_path(artifact))
     if not isinstance(policy, KernelShrinkPolicy):
         raise EvalGatewayError(f"--artifact {artifact}: offline decisions need a kernel-shrink artifact")
     known = [i for i, p in enumerate(pool.providers) if p.expert in policy.experts and p.name in pool.column]
@@ -259,10 +266,7 @@ def offline_choices(artifact: str, prompts: Sequence[Conversation], pool: Pool,
 def artifact_recipe(artifact: str) -> dict[str, Any]:
     """What the served artifact was built from (its config.json): variant, split, hyperparameters, so a
     result file says which recipe it scored, not only a path that may since hold another build."""
-    from router_core.router import default_artifact_path
-
-    path = default_artifact_path() if artifact == "bundled" else Path(artifact)
-    config = json.loads((path / "config.json").read_text())
+    config = json.loads((artifact_path(artifact) / "config.json").read_text())
     return {k: config[k] for k in ("variant", "fit_on", "n_prompts", "encoder", "hyperparameters") if k in config}
 
 
